@@ -1,0 +1,31 @@
+"""Presets: `configs/<name>.yaml` files of flag-name → value (see small.yaml); flags on the command line win."""
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PRESETS = ("tiny", "small", "base", "moe")
+
+
+def load_config(name_or_path) -> dict:
+    """Read a preset by name ('small') or a yaml file by path; raise ValueError naming the file on bad content."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ValueError(f"config file not found: {path} (presets: {', '.join(PRESETS)})")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    return values
+
+
+def model_kwargs(values: dict) -> dict:
+    """MiniMindConfig keyword arguments from flag-style values (dim, n_layers, n_heads, n_kv_heads, use_moe)."""
+    names = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+             "n_kv_heads": "num_key_value_heads", "use_moe": "use_moe", "dropout": "dropout",
+             "vocab_size": "vocab_size", "rope_theta": "rope_theta"}
+    return {names[k]: v for k, v in values.items() if k in names and v is not None}

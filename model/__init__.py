@@ -1,0 +1,15 @@
+"""`from model import MiniMindConfig, MiniMindForCausalLM`; importing registers both with the Auto classes,
+so `AutoModelForCausalLM.from_pretrained(local_dir)` loads MiniMind folders without trust_remote_code."""
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .configuration_minimind import MiniMindConfig
+from .modeling_minimind import MiniMindForCausalLM, MiniMindModel
+
+TOKENIZER_DIR = Path(__file__).resolve().parent  # the project's tokenizer files live beside the model code
+
+AutoConfig.register(MiniMindConfig.model_type, MiniMindConfig, exist_ok=True)
+AutoModelForCausalLM.register(MiniMindConfig, MiniMindForCausalLM, exist_ok=True)
+
+__all__ = ["MiniMindConfig", "MiniMindForCausalLM", "MiniMindModel", "TOKENIZER_DIR"]

@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA_KIT = ROOT.parent / "shared" / "data"  # the real-data kit beside a CI checkout; absent in a user's clone
+
+from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+
+
+def tiny_config(**overrides) -> MiniMindConfig:
+    values = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    values.update(overrides)
+    return MiniMindConfig(**values)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return MiniMindForCausalLM(tiny_config()).eval()
+
+
+@pytest.fixture
+def data_kit():
+    if not (DATA_KIT / "pretrain.jsonl").exists():
+        pytest.skip(f"needs the data kit at {DATA_KIT} (present in CI, not in a user's clone)")
+    return DATA_KIT

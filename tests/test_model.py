@@ -1,0 +1,187 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+from conftest import ROOT, tiny_config
+from configs import PRESETS, load_config, model_kwargs
+from model import MiniMindConfig, MiniMindForCausalLM
+from scripts.convert_model import export_llama, ConvertError
+from scripts.model_info import count_parameters
+
+
+def expected_parameters(c: MiniMindConfig) -> int:
+    """Hand count: tied embedding, per block 4 attention projections + SwiGLU (per expert) + 2 norms, final norm."""
+    kv = c.num_key_value_heads * c.head_dim
+    attention = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv
+    ffn = 3 * c.hidden_size * c.intermediate_size
+    if c.use_moe:
+        ffn = ffn * (c.n_routed_experts + c.n_shared_experts) + c.hidden_size * c.n_routed_experts
+    return c.vocab_size * c.hidden_size + c.num_hidden_layers * (attention + ffn + 2 * c.hidden_size) + c.hidden_size
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_parameter_counts(preset):
+    config = MiniMindConfig(**model_kwargs(load_config(preset)))
+    assert count_parameters(config) == expected_parameters(config)
+
+
+def test_preset_sizes_match_minimind2():
+    sizes = {p: count_parameters(MiniMindConfig(**model_kwargs(load_config(p)))) / 1e6 for p in PRESETS}
+    assert 25.5 < sizes["small"] < 26.5 and 103 < sizes["base"] < 105 and 140 < sizes["moe"] < 150
+    small = MiniMindConfig(**model_kwargs(load_config("small")))
+    assert (small.hidden_size, small.num_hidden_layers, small.intermediate_size) == (512, 8, 1408)
+    assert small.rope_parameters["rope_theta"] == 1e6 and small.tie_word_embeddings
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hidden_size=100, num_attention_heads=8), "not divisible by num_attention_heads"),
+    (dict(num_attention_heads=8, num_key_value_heads=3), "does not divide"),
+    (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
+    (dict(use_moe=True, n_routed_experts=2, num_experts_per_tok=3), "exceeds n_routed_experts"),
+    (dict(dropout=1.5), "dropout"),
+])
+def test_bad_config_raises_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MiniMindConfig(**kwargs)
+
+
+def test_minimind_aliases():
+    c = MiniMindConfig(dim=768, n_layers=16)
+    assert (c.hidden_size, c.num_hidden_layers, c.dim, c.n_layers, c.intermediate_size) == (768, 16, 768, 16, 2048)
+
+
+def test_hf_round_trip_safetensors_and_auto_classes(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "minimind"
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MiniMindConfig)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, MiniMindForCausalLM)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 6400, (2, 12))
+    assert torch.equal(loaded(ids).logits, tiny_model(ids).logits)
+
+
+def test_forward_equals_token_by_token_decoding_with_cache(tiny_model):
+    ids = torch.randint(0, 6400, (2, 16))
+    full = tiny_model(ids, use_cache=False).logits
+    out = tiny_model(ids[:, :5], use_cache=True)
+    steps, cache = [out.logits], out.cache
+    for t in range(5, 16):
+        out = tiny_model(ids[:, t:t + 1], cache=cache, use_cache=True)
+        steps.append(out.logits)
+        cache = out.cache
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_generate_greedy_same_with_and_without_cache(tiny_model):
+    ids = torch.randint(3, 6400, (1, 6))
+    with_cache = tiny_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)
+    without = tiny_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without) and with_cache.shape[1] == 18
+
+
+def test_generate_sampling_options_are_seeded(tiny_model):
+    ids = torch.randint(3, 6400, (1, 6))
+    kwargs = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.3)
+    torch.manual_seed(1)
+    a = tiny_model.generate(ids, **kwargs)
+    torch.manual_seed(1)
+    b = tiny_model.generate(ids, **kwargs)
+    assert torch.equal(a, b) and a.shape[1] == 16
+
+
+def test_left_padded_batch_generation_matches_single(tiny_model):
+    short, long = torch.randint(3, 6400, (1, 4)), torch.randint(3, 6400, (1, 7))
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    out = tiny_model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    alone = tiny_model.generate(short, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out[0, 3:], alone[0])
+
+
+def test_streamer_yields_text(tiny_model):
+    from threading import Thread
+    from transformers import AutoTokenizer, TextIteratorStreamer
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "model")
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    ids = tok("你好", return_tensors="pt").input_ids
+    thread = Thread(target=tiny_model.generate, kwargs=dict(inputs=ids, streamer=streamer, max_new_tokens=8, do_sample=False))
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    full = tiny_model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert text == tok.decode(full[0, ids.shape[1]:])
+
+
+def _llama_pair(tmp_path, model):
+    model.save_pretrained(tmp_path / "mm")
+    export_llama(tmp_path / "mm", tmp_path / "llama")
+    return LlamaForCausalLM.from_pretrained(tmp_path / "llama", dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                         "original_max_position_embeddings": 32}])
+def test_llama_export_is_logit_exact(tmp_path, rope):
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(rope_parameters=rope, max_position_embeddings=128)).eval()
+    llama = _llama_pair(tmp_path, model)
+    ids = torch.randint(0, 6400, (2, 96))  # past the YaRN original length
+    assert (llama(ids).logits - model(ids).logits).abs().max() <= 1e-4
+    for use_cache in (True, False):
+        prompt = ids[:1, :8]
+        ours = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=use_cache)
+        theirs = llama.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=use_cache)
+        assert torch.equal(ours, theirs)
+
+
+def test_llama_export_refuses_moe(tmp_path):
+    MiniMindForCausalLM(tiny_config(use_moe=True)).save_pretrained(tmp_path / "moe")
+    with pytest.raises(ConvertError, match="mixture-of-experts"):
+        export_llama(tmp_path / "moe", tmp_path / "out")
+
+
+def _moe_reference(layer, x):
+    """Token-by-token loop: the obvious (slow) definition of top-k routing."""
+    out = torch.zeros_like(x.reshape(-1, x.shape[-1]))
+    for n, token in enumerate(x.reshape(-1, x.shape[-1])):
+        probs = torch.softmax(layer.gate(token), -1)
+        w, e = probs.topk(layer.top_k)
+        w = w / w.sum()
+        for weight, expert in zip(w, e):
+            out[n] += weight * layer.experts[int(expert)](token)
+        for shared in layer.shared_experts:
+            out[n] += shared(token)
+    return out.view_as(x)
+
+
+def test_moe_dispatch_matches_reference_and_aux_loss():
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(use_moe=True))
+    layer = model.model.layers[0].mlp
+    x = torch.randn(2, 9, 64)
+    model.eval()
+    eval_out, eval_aux = layer(x)
+    assert eval_aux is None
+    assert torch.allclose(eval_out, _moe_reference(layer, x), atol=1e-5)
+    model.train()
+    train_out, train_aux = layer(x)
+    assert torch.allclose(train_out, eval_out, atol=1e-6)  # dropout is 0: training and inference agree
+    assert train_aux.item() > 0
+    ids = torch.randint(0, 6400, (2, 10))
+    out = model(ids)
+    assert out.aux_loss is not None and out.aux_loss.requires_grad
+    out.aux_loss.backward()
+    assert layer.gate.weight.grad is not None and layer.gate.weight.grad.abs().sum() > 0
+
+
+def test_moe_aux_loss_is_alpha_for_uniform_routing():
+    layer = MiniMindForCausalLM(tiny_config(use_moe=True)).model.layers[0].mlp.train()
+    torch.nn.init.zeros_(layer.gate.weight)  # all experts equally likely; top-k then picks by index, so load is skewed
+    x = torch.randn(1, 8, 64)
+    _, aux = layer(x)
+    # probs are uniform (1/E); load = E/k on the k chosen experts, 0 elsewhere → sum = k * (E/k) * 1/E = 1
+    assert torch.isclose(aux, torch.tensor(layer.aux_loss_alpha))

@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--report_only", action="store_true", help="do not train; only print the report for the tokenizer in --out_dir"
     )
-    ap.add_argument("--no_verify", action="store_true", help="skip loading the result back with AutoTokenizer and checking it")
+    ap.add_argument(
+        "--no_verify", action="store_true", help="skip loading the result back with AutoTokenizer and checking it"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 

@@ -1,0 +1,42 @@
+"""build_dataset: from a jsonl file to a dataset of rows ready for a collator."""
+import warnings
+
+from . import tables
+from .jsonl import check_kind, skipped_lines_message
+from .rows import PackedRows, PreferencePairs
+from .samples import check_tokenizer
+from .stats import DataStats, DataWarning
+from .streaming import StreamingRows
+
+
+def build_dataset(kind: str, path, tokenizer, max_seq_len: int, packing: bool = True, cache_dir=None,
+                  skip_bad_lines: bool = False, streaming: bool = False, seed: int = 0,
+                  rank: int = 0, world_size: int = 1, buffer_size: int = 4096):
+    """A dataset of rows for `kind` ("pretrain", "sft" or "dpo").
+
+    Map-style (default): the whole file is validated first (the first bad line raises DataError
+    unless skip_bad_lines), then tokenized once into a `datasets` cache under cache_dir (None:
+    datasets' default cache) that later builds reuse; returns PackedRows, or PreferencePairs for dpo.
+    streaming=True: returns a StreamingRows iterable that validates, tokenizes and packs on the fly,
+    reading only this rank's share of the records (rank, world_size); cache_dir is not used.
+    Counts are in `.stats`.
+    """
+    check_kind(kind)
+    check_tokenizer(tokenizer, kind)
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+    if streaming:
+        return StreamingRows(kind, path, tokenizer, max_seq_len, packing=packing, skip_bad_lines=skip_bad_lines,
+                             seed=seed, rank=rank, world_size=world_size, buffer_size=buffer_size)
+    stats = DataStats(kind, str(path), max_seq_len)
+    records, records_fingerprint = tables.record_table(kind, path, cache_dir)
+    stats.n_bad_lines, first_error = tables.first_bad_line(records, path)
+    if first_error and not skip_bad_lines:
+        raise first_error
+    if first_error:
+        warnings.warn(skipped_lines_message(path, stats.n_bad_lines, first_error), DataWarning, stacklevel=2)
+    stats.n_records = len(records) - stats.n_bad_lines
+    samples = tables.sample_table(records, records_fingerprint, kind, tokenizer, max_seq_len, path)
+    dataset = PreferencePairs(samples, stats) if kind == "dpo" else PackedRows(samples, stats, packing, seed)
+    stats.warn_truncation()
+    return dataset

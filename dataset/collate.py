@@ -1,0 +1,81 @@
+"""Batching rows of samples into padded tensors."""
+import torch
+
+from .samples import IGNORE_INDEX
+
+
+class PackedBatchCollator:
+    """collate(rows) for rows that are lists of samples ({"input_ids": [...], "labels": [...]}).
+
+    Returns input_ids / labels / position_ids as [B, T] tensors, right-padded (pad_id, IGNORE_INDEX, 0),
+    with T the longest row (or max_seq_len when pad_to_max), plus
+      attention_mask: None when every row holds one sample (causal attention is then enough,
+                      padding being on the right); otherwise a bool [B, 1, T, T] block-diagonal
+                      causal mask, True = may attend; padding positions attend to themselves only;
+      num_items: int, the number of loss-bearing labels in the batch.
+    """
+
+    def __init__(self, pad_id: int, max_seq_len: int, pad_to_max: bool = False):
+        self.pad_id, self.max_seq_len, self.pad_to_max = pad_id, max_seq_len, pad_to_max
+
+    def __call__(self, rows: list[list[dict]]) -> dict:
+        return self.collate(rows)
+
+    def collate(self, rows: list[list[dict]]) -> dict:
+        row_lengths = [sum(len(sample["input_ids"]) for sample in row) for row in rows]
+        if max(row_lengths) > self.max_seq_len:
+            raise ValueError(f"a row holds {max(row_lengths)} positions, more than max_seq_len={self.max_seq_len}")
+        width = self.max_seq_len if self.pad_to_max else max(row_lengths)
+        shape = (len(rows), width)
+        input_ids = torch.full(shape, self.pad_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        segment_ids = torch.full(shape, -1, dtype=torch.long)  # which sample of the row; -1 = padding
+        for b, row in enumerate(rows):
+            start = 0
+            for k, sample in enumerate(row):
+                end = start + len(sample["input_ids"])
+                input_ids[b, start:end] = torch.tensor(sample["input_ids"])
+                labels[b, start:end] = torch.tensor(sample["labels"])
+                position_ids[b, start:end] = torch.arange(end - start)
+                segment_ids[b, start:end] = k
+                start = end
+        single = all(len(row) == 1 for row in rows)
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "attention_mask": None if single else block_causal_mask(segment_ids),
+            "num_items": int((labels != IGNORE_INDEX).sum()),
+        }
+
+
+def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool: query q may attend key k iff both are in the same sample and k <= q."""
+    width = segment_ids.shape[1]
+    same_sample = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    real_query = (segment_ids >= 0)[:, :, None]
+    # Padding queries see only themselves: a row with no allowed key would softmax to NaN.
+    diagonal = torch.eye(width, dtype=torch.bool)
+    return ((same_sample & causal & real_query) | diagonal).unsqueeze(1)
+
+
+class DPOCollator:
+    """collate(pairs) for (chosen, rejected) sample pairs.
+
+    Returns the PackedBatchCollator fields for a [2B, T] batch, chosen rows first (0..B-1) then the
+    rejected rows in the same order (B..2B-1); attention_mask is always None (one sample per row)
+    and num_items is the number of pairs B.
+    """
+
+    def __init__(self, pad_id: int, max_seq_len: int, pad_to_max: bool = False):
+        self.rows = PackedBatchCollator(pad_id, max_seq_len, pad_to_max)
+
+    def __call__(self, pairs: list[tuple[dict, dict]]) -> dict:
+        return self.collate(pairs)
+
+    def collate(self, pairs: list[tuple[dict, dict]]) -> dict:
+        batch = self.rows.collate([[chosen] for chosen, _ in pairs] + [[rejected] for _, rejected in pairs])
+        batch["num_items"] = len(pairs)
+        return batch

@@ -1,0 +1,187 @@
+"""scripts/serve_openai_api.py driven by the official `openai` client: model list, plain and streamed
+completions, OpenAI-shaped 4xx errors, and concurrent requests that each get their own answer."""
+import json
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from conftest import ROOT, tiny_config
+from model import TOKENIZER_DIR, MiniMindForCausalLM
+from scripts.chat_common import build_prompt, generate
+from scripts.serve_openai_api import ServedModel, make_server
+
+openai = pytest.importorskip("openai")
+
+MAX_TOKENS = 12
+
+
+def tiny_random_model(seed):
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(tiny_config(initializer_range=0.3)).eval()  # large weights: varied greedy answers
+
+
+@pytest.fixture(scope="module")
+def served():
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    models = [ServedModel("tiny-a", tiny_random_model(0), tokenizer), ServedModel("tiny-b", tiny_random_model(1), tokenizer)]
+    server = make_server(models, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {m.id: m for m in models}, server.port
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{served[1]}/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def expected(served_model, text, max_tokens=MAX_TOKENS):
+    """The greedy answer computed in-process, without the server."""
+    prompt = build_prompt(served_model.tokenizer, [{"role": "user", "content": text}])
+    return generate(served_model.model, served_model.tokenizer, prompt, max_new_tokens=max_tokens, temperature=0)
+
+
+def ask(client, text, model="tiny-a", **kwargs):
+    kwargs = {"max_tokens": MAX_TOKENS, "temperature": 0, **kwargs}
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def streamed_text(client, text, model="tiny-a", **kwargs):
+    chunks = list(ask(client, text, model, stream=True, **kwargs))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+def post_raw(port, body: bytes, path="/v1/chat/completions"):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_models_list(client):
+    assert sorted(m.id for m in client.models.list().data) == ["tiny-a", "tiny-b"]
+    assert client.models.retrieve("tiny-b").id == "tiny-b"
+
+
+def test_completion_matches_greedy_generation_and_counts_tokens(client, served):
+    models, _ = served
+    response = ask(client, "hi")
+    answer = response.choices[0].message.content
+    assert response.object == "chat.completion" and response.model == "tiny-a"
+    assert answer == expected(models["tiny-a"], "hi") and answer.strip()
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].finish_reason in ("stop", "length")
+    prompt_ids = models["tiny-a"].tokenizer(build_prompt(models["tiny-a"].tokenizer, [{"role": "user", "content": "hi"}]),
+                                            add_special_tokens=False)["input_ids"]
+    assert response.usage.prompt_tokens == len(prompt_ids)
+    assert 0 < response.usage.completion_tokens <= MAX_TOKENS
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    # the request's `model` picks the model
+    assert ask(client, "hi", model="tiny-b").choices[0].message.content == expected(models["tiny-b"], "hi")
+
+
+def test_streaming_equals_non_streaming(client):
+    for text in ("hi", "你好，请介绍一下你自己。"):
+        full = ask(client, text).choices[0].message.content
+        streamed, chunks = streamed_text(client, text)
+        assert streamed == full
+        assert all(c.object == "chat.completion.chunk" for c in chunks)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert len(chunks) > 3  # really streamed, not one lump
+
+
+def test_stream_usage_and_done_marker(client, served):
+    _, chunks = streamed_text(client, "hi", stream_options={"include_usage": True})
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    status, body = post_raw(served[1], json.dumps({"model": "tiny-a", "stream": True, "max_tokens": 3,
+                                                   "messages": [{"role": "user", "content": "hi"}]}).encode())
+    events = [line for line in body.split("\n\n") if line]
+    assert status == 200 and all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_stop_sequence_cuts_the_answer(client, served):
+    full = ask(client, "hi").choices[0].message.content
+    stop = full[3:5]
+    cut = full[:full.index(stop)]
+    response = ask(client, "hi", stop=[stop])
+    assert response.choices[0].message.content == cut and response.choices[0].finish_reason == "stop"
+    assert streamed_text(client, "hi", stop=stop)[0] == cut
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"model": "tiny-a"}, 400, "messages"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": "hi"}, 400, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}, 400, "top_p"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10 ** 9}, 400, "messages"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+])
+def test_bad_requests_get_openai_shaped_errors(served, body, status, param):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    code, text = post_raw(served[1], raw)
+    assert code == status
+    error = json.loads(text)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_client_sees_errors_and_server_keeps_serving(client, served):
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "hi", model="no-such-model")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny-a", messages=[{"role": "tool", "content": "hi"}])
+    assert post_raw(served[1], b"{}", path="/v1/nowhere")[0] == 404
+    assert ask(client, "hi").choices[0].message.content == expected(served[0]["tiny-a"], "hi")
+
+
+def test_concurrent_requests_each_get_their_own_answer(client, served):
+    models, _ = served
+    jobs = [("hi", "tiny-a", False), ("你是谁？", "tiny-a", True), ("tell me a story", "tiny-a", False),
+            ("1+1=?", "tiny-b", True)]
+    wanted = [expected(models[model], text) for text, model, _ in jobs]
+    assert len(set(wanted)) == len(wanted)  # distinct answers, so a mix-up would show
+    results, errors = [None] * len(jobs), []
+    start = threading.Barrier(len(jobs))
+
+    def worker(i, text, model, stream):
+        try:
+            start.wait()
+            results[i] = streamed_text(client, text, model)[0] if stream else ask(client, text, model).choices[0].message.content
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and results == wanted
+
+
+def test_cli_missing_checkpoint_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_openai_api.py"), "--out_dir", str(tmp_path),
+                           "--dim", "64"], cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'full_sft_64'} not found — produce it with: python train_full_sft.py --dim 64 --out_dir {tmp_path}"]

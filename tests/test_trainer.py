@@ -1,0 +1,194 @@
+"""The shared training core, exercised through the real entry points on the tiny preset."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from scripts.make_demo_data import make_demo_data
+from trainer import PRETRAIN, FULL_SFT, run
+from trainer.args import base_parser
+from trainer.loop import learning_rate
+from trainer.stages import Pretrain
+
+TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def metrics(out, name):
+    return [json.loads(l) for l in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kw)
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, 100, 1e-3, 0) == pytest.approx(1.1e-3)  # MiniMind's cosine: lr/10 + lr/2 (1 + cos 0)
+    assert learning_rate(100, 100, 1e-3, 0) == pytest.approx(1e-4)
+    assert learning_rate(0, 100, 1e-3, 10) == pytest.approx(1e-4)  # warm-up starts at lr/warmup
+    assert learning_rate(9, 100, 1e-3, 10) == pytest.approx(1e-3)
+
+
+def test_help_explains_every_flag():
+    parser = base_parser(PRETRAIN)
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    for flag in ["--epochs", "--batch_size", "--learning_rate", "--device", "--dtype", "--use_wandb", "--wandb_project",
+                 "--num_workers", "--accumulation_steps", "--grad_clip", "--warmup_iters", "--log_interval",
+                 "--save_interval", "--dim", "--n_layers", "--max_seq_len", "--use_moe", "--data_path", "--out_dir",
+                 "--config", "--resume", "--no_packing", "--skip_bad_lines"]:
+        assert flag in parser._option_string_actions
+    assert "--from_weight" in base_parser(FULL_SFT)._option_string_actions
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path):
+    from trainer.args import parse_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dim: 96\nn_layers: 3\nbatch_size: 7\n")
+    args = parse_args(PRETRAIN, ["--config", str(cfg), "--n_layers", "5"])
+    assert (args.dim, args.n_layers, args.batch_size) == (96, 5, 7)
+    cfg.write_text("dim: 96\nbogus_key: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(PRETRAIN, ["--config", str(cfg)])
+
+
+def test_pretrain_loss_falls_on_real_kit_text(tmp_path, data_kit):
+    lines = (data_kit / "pretrain.jsonl").read_text(encoding="utf-8").splitlines()
+    sample = tmp_path / "pretrain.jsonl"
+    sample.write_text("\n".join(lines[::40]) + "\n", encoding="utf-8")  # every source, ~330 documents
+    run(PRETRAIN, [*TINY, "--data_path", sample, "--out_dir", tmp_path / "out", "--batch_size", "8",
+                   "--accumulation_steps", "1", "--learning_rate", "3e-3", "--log_interval", "5", "--epochs", "2",
+                   "--max_steps", "60", "--save_interval", "0", "--cache_dir", tmp_path / "cache"])
+    rows = metrics(tmp_path / "out", "pretrain_64")
+    assert rows[-1]["step"] == 60
+    assert rows[-1]["loss"] < min(rows[0]["loss"] - 1.0, math.log(6400) - 1.5), rows  # uniform guess: ln 6400 = 8.76
+    assert (tmp_path / "out" / "pretrain_64" / "model.safetensors").exists()
+    assert (tmp_path / "out" / "runs" / "pretrain_64" / "loss.png").exists()
+
+
+def _pretrain_args(demo, out, *extra):
+    return [*TINY, "--data_path", demo["pretrain"], "--out_dir", out, "--batch_size", "4", "--accumulation_steps", "2",
+            "--learning_rate", "2e-3", "--log_interval", "1", "--epochs", "2", "--cache_dir", out.parent / "cache",
+            "--dropout", "0.1", *extra]
+
+
+def test_accumulation_split_gives_same_step(demo, tmp_path):
+    """Two micro-batches of 4 rows and one of 8 rows give the same update: the loss is normalised by the
+    items of the whole step, not per micro-batch."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = [*TINY, "--data_path", demo["sft"], "--from_weight", "none", "--learning_rate", "1e-3",
+              "--max_steps", "3", "--save_interval", "0", "--cache_dir", tmp_path / "cache", "--epochs", "1"]
+    run(FULL_SFT, [*common, "--out_dir", a, "--batch_size", "4", "--accumulation_steps", "2"])
+    run(FULL_SFT, [*common, "--out_dir", b, "--batch_size", "8", "--accumulation_steps", "1"])
+    wa, wb = weights(a / "full_sft_64"), weights(b / "full_sft_64")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_sigkill_then_resume_is_bit_identical(demo, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    # all three runs as separate processes with one thread, so float reductions are the same in each
+    assert cli("train_pretrain.py", *_pretrain_args(demo, full, "--save_interval", "3")).returncode == 0
+    total = metrics(full, "pretrain_64")[-1]["step"]
+    assert total >= 12
+
+    proc = subprocess.Popen([sys.executable, "train_pretrain.py", *map(str, _pretrain_args(demo, killed, "--save_interval", "1"))],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    latest = killed / "runs" / "pretrain_64" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and int(latest.read_text().split("_")[1]) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    step_at_kill = int(latest.read_text().split("_")[1])
+    assert step_at_kill < total
+
+    resumed = cli("train_pretrain.py", *_pretrain_args(demo, killed, "--save_interval", "1", "--resume"))
+    assert resumed.returncode == 0 and f"step {step_at_kill}" in resumed.stderr, resumed.stderr
+    wa, wb = weights(full / "pretrain_64"), weights(killed / "pretrain_64")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_torchrun_two_processes_match_one(demo, tmp_path):
+    common = ["--data_path", demo["pretrain"], "--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet",
+              "--learning_rate", "2e-3", "--log_interval", "1", "--max_steps", "6", "--save_interval", "0",
+              "--accumulation_steps", "1", "--cache_dir", tmp_path / "cache"]
+    one = cli("train_pretrain.py", *common, "--out_dir", tmp_path / "one", "--batch_size", "4")
+    assert one.returncode == 0, one.stderr
+    two = cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_pretrain.py",
+              *common, "--out_dir", tmp_path / "two", "--batch_size", "2", timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    losses_one = [r["loss"] for r in metrics(tmp_path / "one", "pretrain_64")]
+    losses_two = [r["loss"] for r in metrics(tmp_path / "two", "pretrain_64")]
+    assert len(losses_one) == len(losses_two) == 6
+    assert max(abs(x - y) for x, y in zip(losses_one, losses_two)) <= 1e-5
+    wa, wb = weights(tmp_path / "one" / "pretrain_64"), weights(tmp_path / "two" / "pretrain_64")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+class NaNAtStep3(Pretrain):
+    def __init__(self):
+        self.calls = 0
+
+    def loss(self, model, batch, args):
+        loss, sums = super().loss(model, batch, args)
+        self.calls += 1
+        return (loss * float("nan") if self.calls == 3 else loss), sums
+
+
+def test_nonfinite_loss_stops_with_clear_message_and_keeps_checkpoint(demo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(NaNAtStep3(), [*TINY, "--data_path", demo["pretrain"], "--out_dir", tmp_path, "--batch_size", "4",
+                           "--accumulation_steps", "1", "--save_interval", "1", "--cache_dir", tmp_path / "cache"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "step 3" in err and "step_0000002" in err
+    ckpt = tmp_path / "runs" / "pretrain_64" / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step_0000002"
+    assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "step_0000002" / "model.safetensors")).values())
+
+
+def test_skip_nonfinite_skips_the_step(demo, tmp_path):
+    run(NaNAtStep3(), [*TINY, "--data_path", demo["pretrain"], "--out_dir", tmp_path, "--batch_size", "4",
+                       "--accumulation_steps", "1", "--max_steps", "5", "--save_interval", "0", "--skip_nonfinite",
+                       "--cache_dir", tmp_path / "cache"])
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "pretrain_64").values())
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"text": "ok"}\n{"text": ', "bad.jsonl:2"),
+    ('{"text": "ok"}\n{"txt": "x"}', "bad.jsonl:2: text"),
+])
+def test_bad_data_gives_one_clear_line_no_traceback(tmp_path, line, expected):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    res = cli("train_pretrain.py", *TINY, "--data_path", bad, "--out_dir", tmp_path / "o", "--cache_dir", tmp_path / "c")
+    assert res.returncode == 2
+    assert expected in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_start_checkpoint_names_the_command(tmp_path, demo):
+    res = cli("train_full_sft.py", *TINY, "--data_path", demo["sft"], "--out_dir", tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "python train_pretrain.py" in res.stderr and "pretrain_64" in res.stderr

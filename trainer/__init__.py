@@ -1,0 +1,5 @@
+"""The shared training core: one loop (`run`) and the stages it runs."""
+from .loop import run
+from .stages import DISTILL, DPO_STAGE, FULL_SFT, LORA, PRETRAIN, REASON
+
+__all__ = ["run", "PRETRAIN", "FULL_SFT", "LORA", "DPO_STAGE", "REASON", "DISTILL"]

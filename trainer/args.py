@@ -1,0 +1,93 @@
+"""Command-line flags shared by every stage (MiniMind's names), plus `--config FILE.yaml` whose values become
+defaults that explicit flags override."""
+import argparse
+import sys
+
+from configs import load_config
+
+
+def str2bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def base_parser(stage) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=stage.description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", default=stage.default_data, help="training data (jsonl in MiniMind's format)")
+    g.add_argument("--max_seq_len", type=int, default=stage.max_seq_len, help="positions per row; longer samples are split (pretrain) or truncated with a warning (conversations)")
+    g.add_argument("--no_packing", action="store_true", help="one sample per padded row (MiniMind's layout) instead of packing several samples per row")
+    g.add_argument("--streaming", action="store_true", help="read and tokenize the data on the fly (corpora larger than memory; no shuffling)")
+    g.add_argument("--skip_bad_lines", action="store_true", help="skip malformed jsonl lines and report their count instead of stopping")
+    g.add_argument("--cache_dir", default=None, help="where tokenized data is cached (default: the datasets library's cache)")
+    g.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the project's tokenizer in model/)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--config", default=None, help="yaml preset (configs/small.yaml, or a name: tiny/small/base/moe); flags given on the command line override it")
+    g.add_argument("--dim", type=int, default=512, help="model width (hidden size); also names the output folder")
+    g.add_argument("--n_layers", type=int, default=8, help="number of transformer blocks")
+    g.add_argument("--n_heads", type=int, default=8, help="query heads")
+    g.add_argument("--n_kv_heads", type=int, default=2, help="key/value heads (grouped-query attention)")
+    g.add_argument("--use_moe", type=str2bool, nargs="?", const=True, default=False, help="mixture-of-experts feed-forward (output folders get a _moe suffix)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout for a model built from scratch")
+    g.add_argument("--from_weight", default=stage.default_from or "none",
+                   help="starting weights: a stage name (pretrain, full_sft, rlhf, reason, ...) resolved to OUT_DIR/<name>_<dim>[_moe], a model folder, or 'none' for a fresh model")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=stage.epochs, help="passes over the data")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run all epochs)")
+    g.add_argument("--batch_size", type=int, default=stage.batch_size, help="rows per micro-batch per process")
+    g.add_argument("--accumulation_steps", type=int, default=stage.accumulation_steps, help="micro-batches per optimizer step")
+    g.add_argument("--learning_rate", type=float, default=stage.learning_rate, help="peak learning rate (cosine decay to a tenth of it)")
+    g.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up steps before the cosine schedule")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    g.add_argument("--seed", type=int, default=42, help="seed for initialisation, data order and dropout")
+    g.add_argument("--skip_nonfinite", action="store_true", help="skip an optimizer step whose loss or gradient is NaN/inf instead of stopping the run")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available); torchrun picks the GPU per rank")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision (weights stay fp32): auto = bfloat16 on CUDA, float32 on CPU; float16 adds a GradScaler")
+
+    g = p.add_argument_group("output and logging")
+    g.add_argument("--out_dir", default="out", help="where final model folders, run logs and checkpoints go")
+    g.add_argument("--save_name", default=None, help="final folder name (default: <stage>_<dim>[_moe], as MiniMind names its files)")
+    g.add_argument("--save_interval", type=int, default=100, help="write a resumable checkpoint every N optimizer steps (0: only at the end)")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run (same flags)")
+    g.add_argument("--log_interval", type=int, default=10, help="log metrics every N optimizer steps")
+    g.add_argument("--use_wandb", action="store_true", help="log to Weights & Biases (set WANDB_MODE=offline to log without an account)")
+    g.add_argument("--wandb_project", default="MiniMind", help="wandb project name")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    stage.add_arguments(p)
+    return p
+
+
+def parse_args(stage, argv=None) -> argparse.Namespace:
+    parser = base_parser(stage)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            values = load_config(pre.config)
+        except ValueError as e:
+            parser.error(str(e))
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"{pre.config}: unknown keys {unknown} (keys are flag names, e.g. dim, n_layers, batch_size)")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "accumulation_steps", "max_seq_len", "epochs"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    return args

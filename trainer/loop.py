@@ -1,0 +1,221 @@
+"""The one training loop every stage runs: data → model → stage loss → backward → optimizer, with
+distributed training, mixed precision, accumulation, clipping, logging and resumable checkpoints around it."""
+import math
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dataset import DataError
+from . import distributed
+from .args import parse_args
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import RunLogger
+from .modelio import StageError, build_or_load_model, load_tokenizer
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """MiniMind's cosine schedule (peak → peak/10) after an optional linear warm-up."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak / 10 + 0.5 * peak * (1 + math.cos(math.pi * progress))
+
+
+def autocast_dtype(name: str, device: torch.device):
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def to_device(batch: dict, device):
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def run(stage, argv=None):
+    """Entry point of every train_*.py: parse flags, train, save; data and set-up errors end in one clear line."""
+    args = parse_args(stage, argv)
+    info = distributed.setup(args.device)
+    code = 0
+    try:
+        train(stage, args, info)
+    except (DataError, StageError, NonFiniteLoss) as e:
+        if info.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        if info.is_main:
+            print("interrupted: the last checkpoint is kept; rerun with --resume to continue", file=sys.stderr)
+        code = 130
+    if info.enabled:
+        distributed.finish(info, code)
+    if code:
+        sys.exit(code)
+
+
+def train(stage, args, info):
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    name = args.save_name or stage.output_name(args)
+    out_dir = Path(args.out_dir)
+    run_dir = out_dir / "runs" / name
+    ckpt_dir = run_dir / "checkpoints"
+
+    # Rank 0 tokenizes first and fills the cache; the others then read it.
+    if not info.is_main:
+        distributed.barrier(info)
+    data = stage.build_data(args, tokenizer, info)
+    if info.is_main:
+        distributed.barrier(info)
+        for line in data.report():
+            print(line, file=sys.stderr)
+
+    model = build_or_load_model(args, stage, tokenizer)
+    model = stage.prepare_model(model, args)
+    model.to(info.device)
+    stage.setup(args, model, tokenizer, info)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=info.device.type == "cuda")
+    amp_dtype = autocast_dtype(args.dtype, info.device)
+    scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
+    autocast = (lambda: torch.autocast(info.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+    progress = {"step": 0, "epoch": 0, "epoch_step": 0}
+    if args.resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise StageError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
+        progress = load_checkpoint(path, model, optimizer, scaler)
+        if info.is_main:
+            print(f"resumed from {path} (step {progress['step']})", file=sys.stderr)
+
+    train_model = model
+    if info.enabled:
+        train_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                              find_unused_parameters=bool(getattr(model.config, "use_moe", False)))
+    model.train()
+    stage.train_mode(model)
+
+    steps_per_epoch = data.steps_per_epoch(args.batch_size, args.accumulation_steps, info)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    if total_steps == 0:
+        raise StageError(f"{args.data_path}: no training rows (after filtering); nothing to train")
+    log = RunLogger(run_dir, args, total_steps, progress["step"], enabled=info.is_main)
+    if info.is_main and not args.resume and ckpt_dir.exists():
+        for old in ckpt_dir.glob("step_*"):  # a fresh run must not later resume into an older run's state
+            shutil.rmtree(old, ignore_errors=True)
+        (ckpt_dir / "latest").unlink(missing_ok=True)
+
+    def checkpoint():
+        if info.is_main:
+            save_checkpoint(ckpt_dir, model, optimizer, scaler, {**progress, "args": vars(args)})
+        distributed.barrier(info)
+
+    window = {"items": 0.0, "tokens": 0, "start": None, "sums": {}}
+    nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
+    step = progress["step"]
+    window["start"] = time.time()
+    try:
+        for epoch in range(progress["epoch"], args.epochs):
+            skip = progress["epoch_step"] * args.accumulation_steps if epoch == progress["epoch"] else 0
+            micro_batches = data.micro_batches(epoch, args.batch_size, args.seed, info, skip)
+            epoch_step = progress["epoch_step"] if epoch == progress["epoch"] else 0
+            while step < total_steps:
+                group = [b for _, b in zip(range(args.accumulation_steps), micro_batches)]
+                if not group:
+                    break
+                lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                local_items = sum(b["num_items"] for b in group)
+                items = distributed.all_reduce_sum(torch.tensor(float(local_items), device=info.device), info)
+                scale = info.world_size / items  # DDP averages gradients over ranks
+                step_loss = torch.zeros((), device=info.device)
+                for i, batch in enumerate(group):
+                    window["tokens"] += batch.get("num_tokens", 0)
+                    batch = to_device(batch, info.device)
+                    sync = nullcontext() if not info.enabled or i == len(group) - 1 else train_model.no_sync()
+                    with sync:
+                        with autocast():
+                            loss_sum, sums = stage.loss(train_model, batch, args)
+                        loss = loss_sum * scale
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss_sum.detach()
+                    for k, v in sums.items():
+                        window["sums"][k] = window["sums"].get(k, 0) + v.detach()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+                bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
+                if args.skip_nonfinite and bool(bad):
+                    optimizer.zero_grad(set_to_none=True)
+                    log.message(f"step {step + 1}: non-finite loss or gradient, step skipped")
+                else:
+                    nonfinite |= bad
+                    if info.device.type == "cpu" and bool(nonfinite):  # free to check on CPU: no device sync
+                        raise NonFiniteLoss(_nonfinite_message(step + 1, ckpt_dir))
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step += 1
+                epoch_step += 1
+                window["items"] += float(local_items)
+                window["sums"]["loss"] = window["sums"].get("loss", 0) + step_loss
+                progress.update(step=step, epoch=epoch, epoch_step=epoch_step)
+                log.step()
+                last = step == total_steps
+                if step % args.log_interval == 0 or last:
+                    _log_window(log, window, step, epoch, lr, grad_norm, info)
+                    if bool(nonfinite):
+                        raise NonFiniteLoss(_nonfinite_message(step, ckpt_dir))
+                if args.save_interval and step % args.save_interval == 0 and not last:
+                    if bool(nonfinite):
+                        raise NonFiniteLoss(_nonfinite_message(step, ckpt_dir))
+                    checkpoint()
+            if step >= total_steps:
+                break
+            progress.update(epoch=epoch + 1, epoch_step=0)
+        progress.update(epoch=args.epochs if step >= steps_per_epoch * args.epochs else progress["epoch"])
+        checkpoint()
+        if info.is_main:
+            out = stage.save(model, tokenizer, args, Path(args.out_dir) / name)
+            log.message(f"saved {out}")
+    finally:
+        log.close()
+
+
+def _log_window(log, window, step, epoch, lr, grad_norm, info):
+    """Average the window's sums over its items (across ranks) and log them; one host sync per log step."""
+    keys = sorted(window["sums"])
+    values = torch.stack([torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device) for k in keys])
+    totals = torch.cat([values, torch.tensor([window["items"], float(window["tokens"])], device=info.device)])
+    totals = distributed.all_reduce_sum(totals, info).tolist()
+    items, tokens = totals[-2], totals[-1]
+    elapsed = max(time.time() - window["start"], 1e-9)
+    record = {k: v / max(items, 1.0) for k, v in zip(keys, totals[:-2])}
+    record.update({"epoch": epoch, "lr": lr, "grad_norm": float(grad_norm), "tok/s": tokens / elapsed})
+    log.log(step, record)
+    window.update(items=0.0, tokens=0, sums={}, start=time.time())
+
+
+def _nonfinite_message(step, ckpt_dir):
+    last = latest_checkpoint(ckpt_dir)
+    kept = f"the last good checkpoint is {last} (rerun with --resume and a lower --learning_rate)" if last else "no checkpoint was written yet"
+    return f"non-finite loss or gradient at step {step}: training stopped; {kept}. --skip_nonfinite skips such steps instead"
+

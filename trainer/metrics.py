@@ -1,0 +1,87 @@
+"""Run logging: a tqdm bar, a metrics.jsonl file for plotting, optional wandb, and a loss-curve PNG."""
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLogger:
+    """Rank 0 logs; other ranks get a logger whose methods do nothing."""
+
+    def __init__(self, run_dir: Path, args, total_steps: int, first_step: int, enabled: bool):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.wandb = None
+        self.bar = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
+        self.file = open(run_dir / "metrics.jsonl", "a" if args.resume else "w", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=first_step, desc=run_dir.name, disable=args.quiet,
+                        dynamic_ncols=True, unit="step")
+        if args.use_wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=args.wandb_project, name=run_dir.name, config=vars(args),
+                                    dir=str(run_dir), resume="allow")
+        self.start = time.time()
+
+    def step(self, n: int = 1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, step: int, values: dict):
+        if not self.enabled:
+            return
+        values = {"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}}
+        values["elapsed_s"] = round(time.time() - self.start, 2)
+        self.file.write(json.dumps(values) + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            shown = {k: values[k] for k in ("loss", "lr", "tok/s") if k in values}
+            self.bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in shown.items()})
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def message(self, text: str):
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics_path: Path, png_path: Path, title: str | None = None):
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="." if len(rows) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or metrics_path.parent.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,80 @@
+"""Finding, building and loading the models and tokenizer a stage starts from."""
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from model import TOKENIZER_DIR, MiniMindConfig, MiniMindForCausalLM
+
+# which command writes each stage's output folder, for "missing checkpoint" errors
+PRODUCED_BY = {
+    "pretrain": "python train_pretrain.py",
+    "full_sft": "python train_full_sft.py",
+    "rlhf": "python train_dpo.py",
+    "reason": "python train_distill_reason.py",
+    "grpo": "python train_grpo.py",
+    "distill": "python train_distillation.py",
+}
+
+
+class StageError(Exception):
+    """A set-up problem the user can fix (missing checkpoint, mismatched vocab, ...): printed as one line."""
+
+
+def output_name(stage_name: str, dim: int, use_moe: bool) -> str:
+    return f"{stage_name}_{dim}{'_moe' if use_moe else ''}"
+
+
+def load_tokenizer(path=None):
+    path = Path(path) if path else TOKENIZER_DIR
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        raise StageError(f"no tokenizer in {path} (expected tokenizer.json; the project's own is in model/)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def resolve_weights(spec: str, args) -> Path | None:
+    """'none' → None; a stage name → OUT_DIR/<stage>_<dim>[_moe]; anything else is a folder path."""
+    if spec in (None, "", "none", "scratch"):
+        return None
+    if spec in PRODUCED_BY:
+        path = Path(args.out_dir) / output_name(spec, args.dim, args.use_moe)
+        if not (path / "config.json").exists():
+            raise StageError(f"starting weights {path} not found: run `{PRODUCED_BY[spec]} --dim {args.dim}"
+                             f"{' --use_moe' if args.use_moe else ''} --out_dir {args.out_dir}` first, "
+                             f"or pass --from_weight DIR / none")
+        return path
+    path = Path(spec)
+    if not (path / "config.json").exists():
+        raise StageError(f"--from_weight {spec}: not a model folder (no config.json) and not a stage name "
+                         f"({', '.join(PRODUCED_BY)})")
+    return path
+
+
+def load_model(path: Path) -> MiniMindForCausalLM:
+    return MiniMindForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def check_vocab(model, tokenizer, where):
+    if len(tokenizer) > model.config.vocab_size:
+        raise StageError(f"{where}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size}; use the tokenizer the model was trained with (--tokenizer_path)")
+
+
+def build_or_load_model(args, stage, tokenizer) -> MiniMindForCausalLM:
+    path = resolve_weights(args.from_weight, args)
+    if path is None:
+        config = MiniMindConfig(
+            hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+            num_key_value_heads=args.n_kv_heads, use_moe=args.use_moe, dropout=args.dropout,
+            vocab_size=max(6400, len(tokenizer)), max_position_embeddings=max(32768, args.max_seq_len),
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        model = MiniMindForCausalLM(config)
+    else:
+        model = load_model(path)
+        c = model.config
+        if (c.hidden_size, c.use_moe) != (args.dim, args.use_moe):
+            raise StageError(f"{path} holds a dim {c.hidden_size}{' MoE' if c.use_moe else ''} model, but this run "
+                             f"says --dim {args.dim}{' --use_moe' if args.use_moe else ''}: pass matching flags")
+    check_vocab(model, tokenizer, path or "new model")
+    return model

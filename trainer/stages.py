@@ -1,0 +1,213 @@
+"""The training stages. A stage is the shared loop plus its data kind, its loss, a starting point and a few
+defaults; each `train_*.py` is one line that runs one of these."""
+import copy
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import losses
+from .checkpoint import save_final
+from .data import TrainData
+from .modelio import StageError, check_vocab, load_model, output_name, resolve_weights
+
+REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Stage:
+    name = "pretrain"  # output folder prefix: out/<name>_<dim>[_moe]
+    description = ""
+    data_kind = "pretrain"  # pretrain | sft | dpo
+    default_data = "data/pretrain_hq.jsonl"
+    default_from = None  # stage whose output this one starts from; None: a fresh model
+    epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 32, 8, 5e-4, 512
+
+    def add_arguments(self, parser):
+        pass
+
+    def output_name(self, args) -> str:
+        return output_name(self.name, args.dim, args.use_moe)
+
+    def build_data(self, args, tokenizer, info):
+        if not args.streaming and not Path(args.data_path).exists():
+            raise StageError(f"data file {args.data_path} not found: pass --data_path, or create demo data with "
+                             f"`python scripts/make_demo_data.py`")
+        try:
+            return TrainData.build(self.data_kind, args, tokenizer, info)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+
+    def prepare_model(self, model, args):
+        return model
+
+    def setup(self, args, model, tokenizer, info):
+        pass
+
+    def train_mode(self, model):
+        pass
+
+    def token_weights(self, batch, args):
+        return None
+
+    def loss(self, model, batch, args):
+        """(sum of per-token losses, {metric name: sum}) for one micro-batch."""
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], use_cache=False)
+        loss = losses.causal_lm_loss(out.logits, batch["labels"], self.token_weights(batch, args))
+        if out.aux_loss is not None:  # MoE balance loss is a per-batch mean: weight it like the batch's tokens
+            loss = loss + out.aux_loss * batch["num_items"]
+        return loss, {}
+
+    def save(self, model, tokenizer, args, out: Path) -> Path:
+        return save_final(unwrap(model), tokenizer, out)
+
+
+class Pretrain(Stage):
+    description = "Pretrain MiniMind from scratch on plain text ({'text': ...} jsonl): next-token loss on every token."
+
+
+class FullSFT(Stage):
+    name = "full_sft"
+    description = "Supervised fine-tuning on conversations ({'conversations': [...]} jsonl): loss on assistant tokens only."
+    data_kind = "sft"
+    default_data = "data/sft_mini_512.jsonl"
+    default_from = "pretrain"
+    epochs, batch_size, accumulation_steps, learning_rate = 2, 16, 1, 5e-5
+
+
+class LoRA(FullSFT):
+    name = "lora"
+    description = "Train a LoRA adapter (peft) on conversations; the base model stays frozen and unchanged on disk."
+    default_data = "data/lora_identity.jsonl"
+    default_from = "full_sft"
+    epochs, batch_size, accumulation_steps, learning_rate = 10, 32, 1, 1e-4
+
+    def add_arguments(self, p):
+        g = p.add_argument_group("LoRA")
+        g.add_argument("--lora_name", default=None, help="adapter name (default: the data file's name, lora_medical.jsonl → lora_medical); saved to OUT_DIR/lora/<name>_<dim>")
+        g.add_argument("--lora_rank", type=int, default=8, help="rank r of the low-rank update")
+        g.add_argument("--lora_alpha", type=float, default=16, help="scaling alpha (update scaled by alpha/r)")
+        g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapter input")
+        g.add_argument("--lora_targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                       help="comma-separated module names that get adapters")
+        g.add_argument("--merge", action="store_true", help="also write the base with the adapter merged in, to OUT_DIR/<lora_name>_merged_<dim>")
+
+    def lora_name(self, args):
+        return args.lora_name or Path(args.data_path).stem
+
+    def output_name(self, args):
+        return f"lora/{output_name(self.lora_name(args), args.dim, args.use_moe)}"
+
+    def prepare_model(self, model, args):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                            target_modules=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
+                            bias="none", task_type="CAUSAL_LM")
+        return get_peft_model(model, config)
+
+    def save(self, model, tokenizer, args, out: Path) -> Path:
+        model = unwrap(model)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)  # the adapter only: adapter_config.json + adapter_model.safetensors
+        if args.merge:
+            merged_dir = Path(args.out_dir) / output_name(f"{self.lora_name(args)}_merged", args.dim, args.use_moe)
+            save_final(copy.deepcopy(model).merge_and_unload(), tokenizer, merged_dir)
+        return out
+
+
+class DPO(Stage):
+    name = "rlhf"
+    description = ("Direct Preference Optimization on {'chosen': [...], 'rejected': [...]} pairs against a frozen "
+                   "copy of the starting model (sigmoid loss on response tokens).")
+    data_kind = "dpo"
+    default_data = "data/dpo.jsonl"
+    default_from = "full_sft"
+    epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 1024
+
+    def add_arguments(self, p):
+        p.add_argument_group("DPO").add_argument("--beta", type=float, default=0.1, help="DPO temperature β")
+
+    def setup(self, args, model, tokenizer, info):
+        self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+
+    def loss(self, model, batch, args):
+        n = batch["num_items"]  # pairs; rows [0, n) are chosen, [n, 2n) rejected
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], use_cache=False)
+        policy = losses.sequence_logprobs(model(**inputs).logits, batch["labels"])
+        with torch.no_grad():
+            reference = losses.sequence_logprobs(self.reference(**inputs).logits, batch["labels"])
+        loss, chosen, rejected = losses.dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], args.beta)
+        margin = chosen - rejected
+        return loss, {"reward_chosen": chosen.sum(), "reward_rejected": rejected.sum(),
+                      "reward_margin": margin.sum(), "accuracy": (margin > 0).float().sum()}
+
+
+class DistillReason(FullSFT):
+    name = "reason"
+    description = ("Reasoning distillation on conversations whose replies are <think>…</think><answer>…</answer>: "
+                   "assistant-token loss with the tag tokens weighted by --tag_weight.")
+    default_data = "data/r1_mix_1024.jsonl"
+    default_from = "rlhf"
+    epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 8, 1, 1e-6, 1024
+
+    def add_arguments(self, p):
+        p.add_argument_group("reasoning").add_argument(
+            "--tag_weight", type=float, default=10.0, help="loss weight of the <think>/<answer> tag tokens (others 1)")
+
+    def setup(self, args, model, tokenizer, info):
+        ids = [tokenizer.convert_tokens_to_ids(t) for t in REASON_TAGS]
+        if any(i is None or i == tokenizer.unk_token_id for i in ids):
+            raise StageError(f"the tokenizer lacks single tokens for {REASON_TAGS}; use the project's tokenizer")
+        self.tag_ids = torch.tensor(ids, device=info.device)
+
+    def token_weights(self, batch, args):
+        return losses.tag_token_weights(batch["labels"], self.tag_ids, args.tag_weight)
+
+
+class Distillation(FullSFT):
+    name = "distill"
+    description = ("White-box knowledge distillation: a student learns from a teacher's logits on conversations, "
+                   "loss = α·CE + (1−α)·T²·KL(teacher‖student) on assistant tokens.")
+    default_from = "full_sft"
+    epochs, batch_size, accumulation_steps, learning_rate = 2, 16, 1, 5e-5
+
+    def add_arguments(self, p):
+        g = p.add_argument_group("distillation")
+        g.add_argument("--teacher", required=False, default=None,
+                       help="teacher model: a folder, or a stage name resolved with --teacher_dim (e.g. full_sft)")
+        g.add_argument("--teacher_dim", type=int, default=768, help="dim used to resolve a teacher stage name")
+        g.add_argument("--alpha", type=float, default=0.5, help="weight of the label cross-entropy (1-α goes to KL)")
+        g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T for the KL term")
+
+    def setup(self, args, model, tokenizer, info):
+        if not args.teacher:
+            raise StageError("--teacher is required: a model folder (e.g. out/full_sft_768) or a stage name")
+        teacher_args = copy.copy(args)
+        teacher_args.dim, teacher_args.use_moe = args.teacher_dim, False
+        path = resolve_weights(args.teacher, teacher_args)
+        self.teacher = load_model(path).to(info.device).eval().requires_grad_(False)
+        check_vocab(self.teacher, tokenizer, path)
+        student_vocab = unwrap(model).config.vocab_size
+        if self.teacher.config.vocab_size != student_vocab:
+            raise StageError(f"teacher {path} has vocab_size {self.teacher.config.vocab_size}, the student "
+                             f"{student_vocab}: distillation needs the same tokenizer")
+
+    def loss(self, model, batch, args):
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], use_cache=False)
+        out = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs).logits
+        loss, ce, kl = losses.distillation_loss(out.logits, teacher_logits, batch["labels"], args.alpha, args.temperature)
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss * batch["num_items"]
+        return loss, {"ce": ce, "kl": kl}
+
+
+PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL = Pretrain(), FullSFT(), LoRA(), DPO(), DistillReason(), Distillation()

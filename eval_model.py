@@ -22,15 +22,14 @@ import argparse
 import os
 import random
 import sys
-import warnings
 
 import numpy as np
 import torch
 
 from scripts.chat_common import (ANSWER_CLOSE, ANSWER_OPEN, MODEL_MODES, PRETRAIN_MODE, THINK_CLOSE, THINK_OPEN,
-                                 GenerationStream, HelpFormatter, ModelNotFound, add_model_arguments, add_sampling_arguments,
-                                 build_prompt, describe, load_model, modes_table, pick_device, pick_dtype, resolve_lora_path,
-                                 resolve_model_path)
+                                 GenerationStream, HelpFormatter, ModelNotFound, add_model_arguments,
+                                 add_sampling_arguments, build_prompt, describe, load_model, modes_table, pick_device,
+                                 pick_dtype, quiet_libraries, resolve_lora_path, resolve_model_path)
 
 # Built-in prompts for the automatic test, per kind of model.
 CONTINUATION_PROMPTS = [  # pretrained model: beginnings of sentences to continue
@@ -142,8 +141,9 @@ class Session:
                 if args.stream:
                     print(self.format(piece), end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the program
-            stream.close()  # keeps the text decoded so far
             print(" [interrupted]", end="")
+        finally:
+            stream.close()  # the generation thread ends here, whatever happened; the text so far is kept
         answer = stream.text
         if not args.stream:
             print(self.format(answer), end="")
@@ -218,15 +218,6 @@ def load(args):
     return model, tokenizer
 
 
-def quiet_libraries():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module="transformers")
-    warnings.filterwarnings("ignore", module="peft")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     for stream in (sys.stdout, sys.stderr):
@@ -238,14 +229,18 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     session = Session(model, tokenizer, args)
-    if args.prompt:
-        run_scripted(session, args.prompt)
-    elif not sys.stdin.isatty():
-        run_scripted(session, sys.stdin)
-    else:
-        if not args.chat:
-            run_automatic_test(session)
-        run_chat(session)
+    try:
+        if args.prompt:
+            run_scripted(session, args.prompt)
+        elif not sys.stdin.isatty():
+            run_scripted(session, sys.stdin)
+        else:
+            if not args.chat:
+                run_automatic_test(session)
+            run_chat(session)
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

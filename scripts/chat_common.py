@@ -7,6 +7,7 @@ OUT_DIR/lora/X_<dim>[_moe]/; `--model_path DIR` loads any Hugging Face folder (M
 """
 import argparse
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,14 @@ MODEL_MODES = {
     2: ModelMode("rlhf", "python train_dpo.py", "DPO-aligned chat model"),
     3: ModelMode("reason", "python train_distill_reason.py", "reasoning model (<think>…</think><answer>…</answer>)"),
     4: ModelMode("grpo", "python train_grpo.py", "RL-tuned (GRPO) reasoning model"),
-    5: ModelMode("distill", "python train_distillation.py", "distilled (teacher → student) chat model"),
+    5: ModelMode("distill", "python train_distillation.py --teacher TEACHER_DIR", "distilled (teacher → student) chat model"),
 }
 PRETRAIN_MODE = 0
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 
 
 class ModelNotFound(Exception):
-    """A missing or unusable checkpoint; the message is one line meant for the user."""
+    """A missing or unusable checkpoint, adapter or device; the message is one line meant for the user."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -95,6 +96,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
     return g
 
 
+def quiet_libraries():
+    """For the command-line front ends: no progress bars, library warnings or deprecation notices."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for module in ("transformers", "peft", "torch"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 # ---------------------------------------------------------------- finding checkpoints
 
 def folder_name(stage: str, dim: int, use_moe: bool) -> str:
@@ -142,7 +153,13 @@ def resolve_lora_path(lora_name, out_dir="out", dim: int = 512, use_moe: bool = 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ModelNotFound(f"unknown --device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelNotFound(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

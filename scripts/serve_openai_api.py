@@ -23,9 +23,12 @@ message as plain text. Reasoning models' <think>/<answer> tags are returned as g
 import argparse
 import json
 import math
+import signal
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -40,7 +43,8 @@ import torch  # noqa: E402
 
 from scripts.chat_common import (PRETRAIN_MODE, GenerationStream, HelpFormatter, ModelNotFound,  # noqa: E402
                                  add_model_arguments, add_sampling_arguments, build_prompt, describe, load_model,
-                                 modes_table, pick_device, pick_dtype, resolve_lora_path, resolve_model_path)
+                                 modes_table, pick_device, pick_dtype, quiet_libraries, resolve_lora_path,
+                                 resolve_model_path)
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -282,7 +286,10 @@ class Handler(BaseHTTPRequestHandler):
             phrase = "error"
         if getattr(self, "request_version", None) is None:
             self.request_version = "HTTP/1.0"
-        self.send_json(code, APIError(code, message or phrase, code=phrase.lower().replace(" ", "_")).body())
+        try:
+            self.send_json(code, APIError(code, message or phrase, code=phrase.lower().replace(" ", "_")).body())
+        except ClientGone:
+            pass
 
     def write_chunk(self, data: bytes):
         try:
@@ -316,7 +323,7 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/v1/models", "/models"):
             self.send_json(200, {"object": "list", "data": [m.card() for m in models.values()]})
         elif path.startswith(("/v1/models/", "/models/")):
-            name = path.split("/models/", 1)[1]
+            name = urllib.parse.unquote(path.split("/models/", 1)[1])
             if name in models:
                 self.send_json(200, models[name].card())
             else:
@@ -413,22 +420,53 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class APIServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its models and, on server_close(), also closes the open (keep-alive)
+    connections and waits for their handler threads, so no thread outlives the server holding a model."""
+
     daemon_threads = True
-    block_on_close = False  # closing the server does not wait for idle keep-alive connections
 
     def __init__(self, address, models: dict, defaults: dict, quiet: bool = False):
         super().__init__(address, Handler)
         self.models, self.defaults, self.quiet = models, defaults, quiet
+        self._connections, self._connections_lock = set(), threading.Lock()
 
     @property
     def port(self) -> int:
         return self.server_address[1]
 
+    def handle_error(self, request, client_address):
+        """A client that hung up is routine, not worth a traceback."""
+        if isinstance(sys.exc_info()[1], (ClientGone, ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+    def process_request(self, request, client_address):
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        """Stop listening, end every connection (a running generation is cancelled as its client 'leaves'),
+        and wait for the handler threads. Call shutdown() first when serve_forever() runs in another thread."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().server_close()  # ThreadingMixIn joins the handler threads here
+
 
 def make_server(models, host: str = "127.0.0.1", port: int = 8998, *, temperature: float = 0.85, top_p: float = 0.85,
                 max_tokens: int = 512, quiet: bool = False) -> APIServer:
-    """A bound, not yet running server (call serve_forever(), e.g. in a thread; shutdown() stops it).
-    `models` is {id: ServedModel} or a list of ServedModel; port 0 picks a free port (see server.port)."""
+    """A bound server, not yet running: call serve_forever() (e.g. in a thread); shutdown() then server_close()
+    stop it. `models` is {id: ServedModel} or a list of ServedModel; port 0 picks a free port (server.port)."""
     if not isinstance(models, dict):
         models = {m.id: m for m in models}
     if not models:
@@ -453,12 +491,13 @@ def parse_args(argv=None):
     return args
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     try:
         models = load_served_models(args)
     except ModelNotFound as e:
@@ -472,6 +511,7 @@ def main(argv=None) -> int:
         return 2
     print(f"serving {', '.join(models)} at http://{args.host}:{server.port}/v1 (OpenAI-compatible); Ctrl-C stops",
           file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
 from scripts.chat_common import build_prompt, generate, load_model, resolve_lora_path, resolve_model_path
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # from peft
+
 DIM = 64  # tiny_config's hidden size: the folders are <stage>_64
 MAX_NEW = 8
 

@@ -1,9 +1,11 @@
 """scripts/serve_openai_api.py driven by the official `openai` client: model list, plain and streamed
 completions, OpenAI-shaped 4xx errors, and concurrent requests that each get their own answer."""
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -35,12 +37,14 @@ def served():
     thread.start()
     yield {m.id: m for m in models}, server.port
     server.shutdown()
-    server.server_close()
+    server.server_close()  # also ends keep-alive connections and joins their threads
+    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def client(served):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{served[1]}/v1", api_key="x", max_retries=0, timeout=60)
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{served[1]}/v1", api_key="x", max_retries=0, timeout=60) as client:
+        yield client
 
 
 def expected(served_model, text, max_tokens=MAX_TOKENS):
@@ -177,6 +181,24 @@ def test_concurrent_requests_each_get_their_own_answer(client, served):
     for t in threads:
         t.join(timeout=60)
     assert not errors and results == wanted
+
+
+def test_client_leaving_mid_stream_cancels_generation(client, served):
+    models, port = served
+    body = json.dumps({"model": "tiny-a", "stream": True, "max_tokens": 30000, "temperature": 0,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:  # ~30 s of generation if not cancelled
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while not models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not models["tiny-a"].lock.locked(), "generation went on after the client left"
+    assert ask(client, "hi").choices[0].message.content == expected(models["tiny-a"], "hi")
 
 
 def test_cli_missing_checkpoint_is_one_line(tmp_path):

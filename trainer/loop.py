@@ -137,6 +137,7 @@ def train(stage, args, info):
                 group = [b for _, b in zip(range(args.accumulation_steps), micro_batches)]
                 if not group:
                     break
+                stage.on_step(step, total_steps)
                 lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters)
                 for g in optimizer.param_groups:
                     g["lr"] = lr

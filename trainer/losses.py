@@ -56,3 +56,28 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temp
     t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
     kl = (t.exp() * (t - s)).sum()
     return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce.detach(), kl.detach()
+
+
+def group_advantages(rewards, group_size: int, eps: float = 1e-4):
+    """GRPO: each completion's reward minus its group's mean, over the group's std (groups are consecutive)."""
+    grouped = rewards.view(-1, group_size)
+    mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask, clip_eps: float, beta: float):
+    """Clipped policy-gradient objective with a KL penalty to the reference, averaged over each completion's
+    tokens and summed over completions. Inputs are per token (N, T) except advantages (N,).
+
+    Returns (loss_sum, kl per completion (N,), clipped-token share per completion (N,))."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    objective = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    log_ratio_ref = ref_logprobs - logprobs
+    kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1  # k3 estimator of KL(π‖π_ref), ≥ 0
+    per_token = -(objective - beta * kl)
+    mask = completion_mask.float()
+    lengths = mask.sum(dim=1).clamp(min=1)
+    clipped = ((ratio - 1).abs() > clip_eps).float()
+    return ((per_token * mask).sum(dim=1) / lengths).sum(), ((kl * mask).sum(1) / lengths).detach(), \
+        ((clipped * mask).sum(1) / lengths).detach()

@@ -50,6 +50,9 @@ class Stage:
     def train_mode(self, model):
         pass
 
+    def on_step(self, step: int, total_steps: int):
+        """Called before each optimizer step (stages with schedules of their own use it)."""
+
     def token_weights(self, batch, args):
         return None
 
@@ -210,4 +213,104 @@ class Distillation(FullSFT):
         return loss, {"ce": ce, "kl": kl}
 
 
+class GRPO(Stage):
+    name = "grpo"
+    description = ("Reinforcement learning with verifiable rewards (GRPO): sample a group of completions per prompt, "
+                   "score them with rule-based rewards, and push the policy towards the better ones of each group, "
+                   "with a KL penalty to a frozen reference. Prompts come from conversation jsonl (the last "
+                   "assistant reply is the reference answer).")
+    data_kind = "prompts"
+    default_data = "data/r1_mix_1024.jsonl"
+    default_from = "reason"
+    epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 256
+
+    def add_arguments(self, p):
+        g = p.add_argument_group("GRPO")
+        g.add_argument("--num_generations", type=int, default=8, help="completions sampled per prompt (the group size G)")
+        g.add_argument("--max_new_tokens", type=int, default=256, help="completion length limit")
+        g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the completions")
+        g.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling for the completions")
+        g.add_argument("--beta", type=float, default=0.04, help="weight of the KL penalty to the reference model")
+        g.add_argument("--clip_eps", type=float, default=0.2, help="PPO-style clipping of the probability ratio")
+        g.add_argument("--rewards", default="format,accuracy", help="comma-separated reward names (trainer/rewards.py)")
+        g.add_argument("--format_weight_start", type=float, default=2.0,
+                       help="weight of the format reward at the start, decaying linearly to 1 by the end")
+
+    def build_data(self, args, tokenizer, info):
+        from dataset import PromptCollator, PromptSet
+
+        if not Path(args.data_path).exists():
+            raise StageError(f"data file {args.data_path} not found: pass --data_path (conversation jsonl)")
+        dataset = PromptSet(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+        return TrainData(dataset, PromptCollator(tokenizer.pad_token_id, args.num_generations), args, streaming=False)
+
+    def setup(self, args, model, tokenizer, info):
+        from .rewards import get_rewards
+
+        if args.num_generations < 2:
+            raise StageError("--num_generations must be at least 2 (advantages compare completions of a group)")
+        try:
+            self.rewards = get_rewards(args.rewards)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        self.tokenizer = tokenizer
+        self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.progress = 0.0
+
+    def on_step(self, step, total_steps):
+        self.progress = step / max(1, total_steps)
+
+    def reward_weights(self, args, device):
+        weights = [args.format_weight_start + (1 - args.format_weight_start) * self.progress if name == "format" else 1.0
+                   for name in self.rewards]
+        return torch.tensor(weights, device=device)
+
+    @torch.no_grad()
+    def sample(self, model, batch, args):
+        """G completions per prompt: (sequences (N, P+C), prompt mask (N, P), completion mask (N, C))."""
+        policy, G = unwrap(model), args.num_generations
+        prompts = batch["input_ids"].repeat_interleave(G, dim=0)
+        prompt_mask = batch["attention_mask"].repeat_interleave(G, dim=0)
+        policy.eval()
+        sequences = policy.generate(
+            input_ids=prompts, attention_mask=prompt_mask, do_sample=True, temperature=args.temperature,
+            top_p=args.top_p, top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id)
+        policy.train()
+        completion = sequences[:, prompts.shape[1]:]
+        is_eos = completion == self.tokenizer.eos_token_id
+        # keep tokens up to and including the first end-of-turn; generate pads after it
+        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+        return sequences, prompt_mask, ~after_eos
+
+    def loss(self, model, batch, args):
+        sequences, prompt_mask, completion_mask = self.sample(model, batch, args)
+        P = prompt_mask.shape[1]
+        completions = self.tokenizer.batch_decode(sequences[:, P:].masked_fill(~completion_mask, self.tokenizer.pad_token_id),
+                                                  skip_special_tokens=True)
+        references = [r for r in batch["references"] for _ in range(args.num_generations)]
+        scores = torch.tensor([[fn(c, r) for fn in self.rewards.values()] for c, r in zip(completions, references)],
+                              device=sequences.device)  # (N, n_rewards)
+        total = (scores * self.reward_weights(args, sequences.device)).sum(dim=1)
+        advantages = losses.group_advantages(total, args.num_generations)
+
+        attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        inputs = dict(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        targets = sequences[:, P:].masked_fill(~completion_mask, losses.IGNORE)
+        logprobs = -losses.token_cross_entropy(model(**inputs).logits[:, P - 1:-1], targets)
+        with torch.no_grad():
+            ref_logprobs = -losses.token_cross_entropy(self.reference(**inputs).logits[:, P - 1:-1], targets)
+        # one update per sampled batch: the sampling policy is the current one, so the ratio is 1 (its gradient
+        # is the policy gradient) and clipping only matters if samples were reused
+        loss, kl, clipped = losses.grpo_loss(logprobs, logprobs.detach(), ref_logprobs, advantages, completion_mask,
+                                             args.clip_eps, args.beta)
+        group_std = total.view(-1, args.num_generations).std(dim=1).repeat_interleave(args.num_generations)
+        sums = {f"reward_{name}": scores[:, i].sum() for i, name in enumerate(self.rewards)}
+        sums.update(reward=total.sum(), reward_std=group_std.sum(), kl=kl.sum(), clip_fraction=clipped.sum(),
+                    completion_length=completion_mask.sum().float())
+        return loss, sums
+
+
 PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL = Pretrain(), FullSFT(), LoRA(), DPO(), DistillReason(), Distillation()
+GRPO_STAGE = GRPO()

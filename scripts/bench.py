@@ -1,0 +1,749 @@
+"""Throughput benchmark: MiniMind against transformers' LlamaForCausalLM of the same shape.
+
+Measures, for one preset/shape, device, dtype and thread count:
+  peak        the machine's own matmul rate (n x n fp32 / bf16 matmuls), so every rate below is also a share of it
+  train       training-step tokens/s (forward + backward + grad clip + AdamW on random tokens; median of the
+              timed steps, warm-up excluded), ours and the baseline in the same process, steps interleaved;
+              achieved FLOP/s as a share of the measured matmul peak (and, on CUDA, MFU against the card's
+              nominal dense bf16 peak); peak memory of a steady-state step
+  generation  KV-cached greedy decoding tokens/s at batch 1 and 8 (new tokens only), ours vs the baseline
+  packing     SFT useful-token throughput (non-padding, loss-bearing tokens/s) on real jsonl files, packed rows
+              vs one padded sample per row (MiniMind's layout), with the ceiling = unpacked positions/s
+  loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
+
+FLOPs per trained token = 6·N + 12·L·T·d, with N the parameters that take part in a matmul (every Linear,
+the tied LM head counted once; the embedding lookup and the norms are left out), L layers, T the sequence
+length and d = heads·head_dim: the attention scores and the weighted sum cost 2·2·T·d per layer forward,
+x3 for forward + backward, with no discount for the causal mask.
+
+Examples:
+    python scripts/bench.py                       # small preset, CPU, 2 threads, fp32 and bf16, table
+    python scripts/bench.py --json > bench.json   # the same as one JSON object on stdout
+    python scripts/bench.py --quick               # tiny shape, 2 steps: a smoke run
+    python scripts/bench.py --device cuda --dtype bfloat16
+    python scripts/bench.py --loss_curve 300      # fp32 vs bf16 loss curves on the kit's pretrain.jsonl
+"""
+import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+DEFAULT_KIT = ROOT.parent / "shared" / "data"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Nominal dense (no sparsity) bf16 tensor-core peaks, FLOP/s, matched against torch.cuda.get_device_name().
+CUDA_BF16_SPEC = [("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("GH200", 989.4e12),
+                  ("B200", 2250e12), ("A100", 312e12), ("A10G", 70e12), ("L40S", 362e12), ("L4", 121e12)]
+
+
+def log(*parts):
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# arguments and shapes
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--config", default="small", help="preset name in configs/ or a yaml path (default: small)")
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "both"],
+                   help="default: both where bf16 is supported (CPU with bf16 matmuls, CUDA), else float32")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per model (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per model")
+    p.add_argument("--peak_size", type=int, default=None, help="n of the n x n peak matmul (default 2048 CPU, 8192 CUDA)")
+    p.add_argument("--gen_tokens", type=int, default=128, help="new tokens per generate call")
+    p.add_argument("--gen_batches", default="1,8", help="comma-separated generation batch sizes")
+    p.add_argument("--gen_prompt", type=int, default=16, help="prompt length for generation")
+    p.add_argument("--gen_reps", type=int, default=3, help="generate calls per model and batch (median reported)")
+    p.add_argument("--sft_data", default=str(DEFAULT_KIT / "sft.jsonl"),
+                   help="SFT jsonl for the packing figures (default ../shared/data/sft.jsonl; skipped if absent)")
+    p.add_argument("--pack_files", nargs="*", default=None,
+                   help="packing runs as [kind:]FILE@LEN; FILE a path or a kit name (sft, reason, pretrain); kind "
+                        "pretrain or sft, guessed from the name (default: the --sft_data file @512)")
+    p.add_argument("--pack_batches", type=int, default=8, help="timed batches per packing run (after --pack_warmup)")
+    p.add_argument("--pack_warmup", type=int, default=2)
+    p.add_argument("--pack_dtype", default=None, choices=["float32", "bfloat16"],
+                   help="precision of the packing runs (default: bfloat16 when benchmarked, else float32)")
+    p.add_argument("--cache_dir", default=None, help="datasets cache for the tokenized jsonl (default: datasets' own)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: peak, train, memory, generation, packing")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models for the training steps")
+    p.add_argument("--fused_adam", action="store_true",
+                   help="AdamW(fused=True) for both models (default: torch's default, a per-tensor loop on CPU)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, seq 32, batch 2, 2 steps, 8 new tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss_curve", type=int, nargs="?", const=300, default=None, metavar="STEPS",
+                   help="only train the preset on --pretrain_data in fp32 and bf16 from the same init and data order "
+                        "for STEPS steps (default 300) and report the largest relative gap of the smoothed losses")
+    p.add_argument("--pretrain_data", default=str(DEFAULT_KIT / "pretrain.jsonl"))
+    p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss curves")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the loss-curve runs (cosine to a tenth)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.config, args.seq_len, args.batch_size = "tiny", 32, 2
+        args.steps, args.warmup, args.peak_size = 2, 1, args.peak_size or 256
+        args.gen_tokens, args.gen_reps, args.gen_prompt = 8, 1, 8
+        args.pack_batches, args.pack_warmup = 2, 1
+        if args.loss_curve is not None:
+            args.loss_curve = min(args.loss_curve, 10)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = args.skip - {"peak", "train", "memory", "generation", "packing"}
+    if unknown:
+        p.error(f"--skip: unknown part(s) {sorted(unknown)}")
+    args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b]
+    return args
+
+
+def model_shape(config_name: str) -> dict:
+    from configs import load_config, model_kwargs
+    return model_kwargs(load_config(config_name))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matmuls: CUDA's own check; on CPU the avx512_bf16 / amx_bf16 flags (oneDNN would emulate bf16
+    on any AVX-512 CPU, slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast(device: torch.device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+
+
+def build_ours(shape: dict, device):
+    from model import MiniMindConfig, MiniMindForCausalLM
+    return MiniMindForCausalLM(MiniMindConfig(**shape)).to(device)
+
+
+def build_baseline(ours_config, device):
+    """transformers' Llama with our shape: SDPA attention, tied embeddings, the same RoPE base and norm eps."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = ours_config
+    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                         num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+                         rms_norm_eps=c.rms_norm_eps, rope_parameters=dict(c.rope_parameters),
+                         tie_word_embeddings=True, initializer_range=c.initializer_range,
+                         bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id)
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config)
+    return model.to(device)
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in a matmul: every nn.Linear weight, shared (tied) tensors counted once."""
+    seen, n = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            n += module.weight.numel()
+    return n
+
+
+def train_flops_per_token(model, seq_len: int) -> float:
+    c = model.config
+    return 6 * matmul_params(model) + 12 * c.num_hidden_layers * seq_len * c.num_attention_heads * (
+        c.hidden_size // c.num_attention_heads)
+
+
+class Stepper:
+    """One model with its AdamW: step(...) = forward, summed token CE / items, backward, clip 1.0, AdamW."""
+
+    def __init__(self, model, lr=1e-4, compile_model=False, fused_adam=False):
+        self.model = model.train()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0, fused=fused_adam or None)
+        self.forward = torch.compile(model) if compile_model else model
+
+    def step(self, batch, device, dtype):
+        from trainer.losses import causal_lm_loss
+        with autocast(device, dtype):
+            logits = self.forward(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                  position_ids=batch.get("position_ids"), use_cache=False).logits
+            loss = causal_lm_loss(logits, batch["labels"]) / max(1, batch["num_items"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def timed(fn, device, cpu_times=None):
+    """(wall seconds, result) of fn(); appends the process CPU seconds to cpu_times when given."""
+    sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    if isinstance(out, torch.Tensor):
+        out = out.item()  # the step is done when its loss is known
+    sync(device)
+    t = time.perf_counter() - t0
+    if cpu_times is not None:
+        cpu_times.append(time.process_time() - c0)
+    return t, out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# memory
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB. CPU: process RSS from /proc (VmHWM reset through
+    /proc/self/clear_refs after malloc_trim has handed freed heap pages back); CUDA: max_memory_allocated."""
+
+    _libc = None
+
+    def __init__(self, device):
+        self.device, self.mib = device, None
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"no {field} in /proc/self/status")
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        try:
+            if PeakMemory._libc is None:
+                PeakMemory._libc = ctypes.CDLL("libc.so.6")
+            PeakMemory._libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the RSS high-water mark to the current RSS
+            self.base = self._status("VmRSS")
+        except OSError:
+            self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif self.base is not None:
+            self.mib = (self._status("VmHWM") - self.base) / 2**20
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# peak
+
+
+def matmul_peak(device, dtype, n: int, min_time=1.0) -> float:
+    """FLOP/s of n x n @ n x n matmuls: the best of repeated ~0.1 s timings (a peak, and on a shared machine the
+    best window is the one least disturbed by other work)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    a @ b
+    sync(device)
+    one = max(time.perf_counter() - t0, 1e-6)
+    inner = max(1, int(0.1 / one))
+    rates, t_start = [], time.perf_counter()
+    while len(rates) < 3 or (time.perf_counter() - t_start < min_time and len(rates) < 50):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        sync(device)
+        rates.append(2 * n**3 * inner / (time.perf_counter() - t0))
+    return max(rates)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training throughput
+
+
+def random_batch(vocab: int, batch_size: int, seq_len: int, device, generator):
+    ids = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=generator)
+    return {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device), "attention_mask": None,
+            "position_ids": None, "num_items": batch_size * seq_len}
+
+
+def bench_train(args, shape, device, dtype_name, peaks, memory=True):
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(args.seed)
+    ours = build_ours(shape, device)
+    torch.manual_seed(args.seed)
+    base = build_baseline(ours.config, device)
+    n_ours, n_base = ours.num_parameters(), base.num_parameters()
+    steppers = {"ours": Stepper(ours, compile_model=args.compile, fused_adam=args.fused_adam),
+                "baseline": Stepper(base, compile_model=args.compile, fused_adam=args.fused_adam)}
+    g = torch.Generator().manual_seed(args.seed)
+    batches = [random_batch(ours.config.vocab_size, args.batch_size, args.seq_len, device, g) for _ in range(4)]
+    tokens = args.batch_size * args.seq_len
+    res = {name: {"params": n} for name, n in (("ours", n_ours), ("baseline", n_base))}
+
+    # warm-up, one model after the other; the last warm-up step (optimizer state already allocated) gives the
+    # steady-state step memory
+    for name, s in steppers.items():
+        first = None
+        for i in range(max(args.warmup, 2 if memory else 1)):
+            if memory and i == max(args.warmup, 2) - 1:
+                with PeakMemory(device) as mem:
+                    s.step(batches[i % 4], device, dtype)
+                res[name]["step_mem_mib"] = None if mem.mib is None else round(mem.mib, 1)
+            else:
+                t, _ = timed(lambda: s.step(batches[i % 4], device, dtype), device)
+                first = t if first is None else first
+        res[name]["first_step_s"] = round(first, 3) if first is not None else None
+
+    # timed steps, interleaved; the order alternates so that neither model always runs right after the other
+    times = {name: [] for name in steppers}
+    cpu = {name: [] for name in steppers}
+    for i in range(args.steps):
+        order = ("ours", "baseline") if i % 2 == 0 else ("baseline", "ours")
+        for name in order:
+            t, loss = timed(lambda: steppers[name].step(batches[i % 4], device, dtype), device, cpu[name])
+            times[name].append(t)
+            if not math.isfinite(loss):
+                raise RuntimeError(f"{name}: non-finite loss {loss} in {dtype_name}")
+
+    peak = peaks.get(dtype_name)
+    for name, s in steppers.items():
+        model = s.model
+        fpt = train_flops_per_token(model, args.seq_len)
+        step = statistics.median(times[name])
+        r = res[name]
+        r.update({"step_ms": round(step * 1e3, 2), "tokens_per_s": round(tokens / step, 1),
+                  "step_ms_min": round(min(times[name]) * 1e3, 2), "flops_per_token": fpt,
+                  "cpu_ms": round(statistics.median(cpu[name]) * 1e3, 2),
+                  "tflops": round(tokens / step * fpt / 1e12, 4)})
+        if peak:
+            r["share_of_peak"] = round(tokens / step * fpt / peak, 4)
+        if device.type == "cuda":
+            spec = cuda_bf16_spec(device)
+            if spec:
+                r["mfu_bf16_spec"] = round(tokens / step * fpt / spec, 4)
+    # ours/baseline speed: the median of the per-step ratios (each pair ran back to back under the same load)
+    res["ratio"] = round(statistics.median(b / o for o, b in zip(times["ours"], times["baseline"])), 3)
+    # the same from process CPU time, which other processes on a shared machine disturb less (CPU only)
+    res["ratio_cpu_time"] = round(statistics.median(b / o for o, b in zip(cpu["ours"], cpu["baseline"])), 3) \
+        if device.type == "cpu" else None
+    res["tokens_per_step"] = tokens
+    del steppers, ours, base
+    gc.collect()
+    return res
+
+
+def cuda_bf16_spec(device):
+    name = torch.cuda.get_device_name(device)
+    for key, flops in CUDA_BF16_SPEC:
+        if key in name:
+            return flops
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generation
+
+
+def bench_generation(args, shape, device, dtype_name):
+    """New tokens/s of greedy KV-cached generation. bf16 runs use bf16 weights (no master copy is needed)."""
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(args.seed)
+    ours = build_ours(shape, device)
+    torch.manual_seed(args.seed)
+    base = build_baseline(ours.config, device)
+    models = {"ours": ours.to(dtype).eval(), "baseline": base.to(dtype).eval()}
+    g = torch.Generator().manual_seed(args.seed + 1)
+    vocab = ours.config.vocab_size
+    out = {}
+    for b in args.gen_batches:
+        prompt = torch.randint(3, vocab, (b, args.gen_prompt), generator=g).to(device)
+        mask = torch.ones_like(prompt)
+
+        def run(model, n):
+            with torch.inference_mode():
+                y = model.generate(input_ids=prompt, attention_mask=mask, do_sample=False, min_new_tokens=n,
+                                   max_new_tokens=n, pad_token_id=0)
+            assert y.shape[1] == args.gen_prompt + n, y.shape
+            return None
+
+        for model in models.values():  # warm-up
+            run(model, min(8, args.gen_tokens))
+        times = {name: [] for name in models}
+        for i in range(args.gen_reps):
+            order = list(models) if i % 2 == 0 else list(models)[::-1]
+            for name in order:
+                t, _ = timed(lambda: run(models[name], args.gen_tokens), device)
+                times[name].append(t)
+        r = {name: round(b * args.gen_tokens / statistics.median(t), 1) for name, t in times.items()}
+        r["ratio"] = round(statistics.median(tb / to for to, tb in zip(times["ours"], times["baseline"])), 3)
+        out[f"b{b}"] = r
+    del models, ours, base
+    gc.collect()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# packing
+
+
+def parse_pack_spec(spec: str, kit: Path):
+    kind = None
+    if ":" in spec.split("@")[0] and spec.split(":", 1)[0] in ("sft", "pretrain"):
+        kind, spec = spec.split(":", 1)
+    path, _, length = spec.rpartition("@")
+    if not path:
+        raise ValueError(f"--pack_files: expected [kind:]FILE@LEN, got {spec!r}")
+    p = Path(path)
+    if not p.exists() and (kit / f"{path}.jsonl").exists():
+        p = kit / f"{path}.jsonl"
+    if kind is None:
+        kind = "pretrain" if "pretrain" in p.stem else "sft"
+    return kind, p, int(length)
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+    from model import TOKENIZER_DIR
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def bench_packing(args, shape, device, dtype_name, tokenizer):
+    """Useful (loss-bearing) tokens/s of our model's training step, packed rows vs one padded sample per row."""
+    from dataset import PackedBatchCollator, build_dataset
+    dtype = DTYPES[dtype_name]
+    kit = Path(args.sft_data).parent
+    specs = args.pack_files if args.pack_files else [f"sft:{args.sft_data}@512"]
+    results, notes = [], []
+    torch.manual_seed(args.seed)
+    stepper = Stepper(build_ours(shape, device), fused_adam=args.fused_adam)
+    for spec in specs:
+        kind, path, max_len = parse_pack_spec(spec, kit)
+        if not path.exists():
+            notes.append(f"packing {spec}: {path} not found, skipped")
+            continue
+        n = args.pack_warmup + args.pack_batches
+        runs = {}
+        for packing in (True, False):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = build_dataset(kind, path, tokenizer, max_len, packing=packing, cache_dir=args.cache_dir)
+            collate = PackedBatchCollator(tokenizer.pad_token_id, max_len, pad_to_max=not packing)
+            order = list(range(len(ds)))
+            random.Random(args.seed).shuffle(order)
+            rows = [[order[(i * args.batch_size + j) % len(order)] for j in range(args.batch_size)] for i in range(n)]
+            batches = []
+            for idx in rows:
+                batch = collate([ds[j] for j in idx])
+                batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            # the whole file's share of loss-bearing positions in this layout (rows of max_seq_len positions)
+            file_share = ds.stats.n_label_tokens / (len(ds) * max_len) if len(ds) else 0.0
+            runs["packed" if packing else "unpacked"] = {"batches": batches, "rows": len(ds), "file_share": file_share}
+        stats = {name: {"time": 0.0, "useful": 0, "positions": 0} for name in runs}
+        for i in range(n):
+            layouts = ("packed", "unpacked") if i % 2 == 0 else ("unpacked", "packed")
+            for name in layouts:
+                batch = runs[name]["batches"][i]
+                t, _ = timed(lambda: stepper.step(batch, device, dtype), device)
+                if i >= args.pack_warmup:
+                    s = stats[name]
+                    s["time"] += t
+                    s["useful"] += batch["num_items"]
+                    s["positions"] += batch["input_ids"].numel()
+        r = {"file": str(path), "kind": kind, "max_seq_len": max_len, "batch_size": args.batch_size,
+             "dtype": dtype_name}
+        for name, s in stats.items():
+            r[name] = {"rows": runs[name]["rows"],
+                       "useful_tokens_per_s": round(s["useful"] / s["time"], 1),
+                       "positions_per_s": round(s["positions"] / s["time"], 1),
+                       "useful_share": round(s["useful"] / s["positions"], 4),
+                       "useful_share_file": round(runs[name]["file_share"], 4),
+                       "mean_width": round(s["positions"] / args.pack_batches / args.batch_size, 1)}
+        ceiling = r["unpacked"]["useful_tokens_per_s"] / r["unpacked"]["useful_share"]
+        r["ceiling_tokens_per_s"] = round(ceiling, 1)
+        r["packed_pct_of_ceiling"] = round(100 * r["packed"]["useful_tokens_per_s"] / ceiling, 1)
+        r["packed_speedup"] = round(r["packed"]["useful_tokens_per_s"] / r["unpacked"]["useful_tokens_per_s"], 3)
+        results.append(r)
+    del stepper
+    gc.collect()
+    return results, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss curve
+
+
+def moving_average(xs, w):
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= w:
+            acc -= xs[i - w]
+        out.append(acc / min(i + 1, w))
+    return out
+
+
+def run_loss_curve(args, shape, device, tokenizer):
+    """fp32 and bf16-autocast training from one init on one data order; the steps alternate between the two."""
+    from dataset import PackedBatchCollator, build_dataset
+    from trainer.loop import learning_rate
+    path = Path(args.pretrain_data)
+    if not path.exists():
+        raise SystemExit(f"--loss_curve needs the pretrain data: {path} not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = build_dataset("pretrain", path, tokenizer, args.seq_len, packing=True, cache_dir=args.cache_dir)
+    collate = PackedBatchCollator(tokenizer.pad_token_id, args.seq_len)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    torch.manual_seed(args.seed)
+    model = build_ours(shape, device)
+    runs = {"float32": Stepper(model, lr=args.lr, fused_adam=args.fused_adam),
+            "bfloat16": Stepper(copy.deepcopy(model), lr=args.lr, fused_adam=args.fused_adam)}
+    losses = {name: [] for name in runs}
+    seconds = {name: 0.0 for name in runs}
+    steps, t_start = args.loss_curve, time.perf_counter()
+    for step in range(steps):
+        idx = [order[(step * args.batch_size + j) % len(order)] for j in range(args.batch_size)]
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate([ds[j] for j in idx]).items()}
+        lr = learning_rate(step, steps, args.lr, 0)
+        for name, s in runs.items():
+            for group in s.optimizer.param_groups:
+                group["lr"] = lr
+            t, loss = timed(lambda: s.step(batch, device, DTYPES[name]), device)
+            seconds[name] += t
+            losses[name].append(loss)
+        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+            log(f"loss curve {step + 1}/{steps}: fp32 {losses['float32'][-1]:.4f}  bf16 {losses['bfloat16'][-1]:.4f}"
+                f"  ({time.perf_counter() - t_start:.0f} s)")
+    w = max(1, min(args.smooth, steps // 5 or 1))
+    s32, s16 = moving_average(losses["float32"], w), moving_average(losses["bfloat16"], w)
+    gaps = [abs(b - a) / a for a, b in zip(s32[w - 1:], s16[w - 1:])]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    checkpoints = sorted({min(steps, max(w, round(steps * k / 10))) for k in range(1, 11)})
+    return {
+        "data": str(path), "steps": steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "lr": args.lr,
+        "smooth_window": w,
+        "max_rel_diff": round(gaps[worst], 5), "at_step": worst + w,
+        "final_smoothed": {"float32": round(s32[-1], 4), "bfloat16": round(s16[-1], 4)},
+        "within_1pct": gaps[worst] <= 0.01,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "smoothed": [{"step": c, "float32": round(s32[c - 1], 4), "bfloat16": round(s16[c - 1], 4)} for c in checkpoints],
+        "raw": {k: [round(x, 5) for x in v] for k, v in losses.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# output
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_table(r):
+    c = r["config"]
+    print(f"MiniMind bench: {c['preset']} (dim {c['hidden_size']}, {c['num_hidden_layers']} layers, heads "
+          f"{c['num_attention_heads']}/{c['num_key_value_heads']}, vocab {c['vocab_size']}), seq {c['seq_len']} x "
+          f"batch {c['batch_size']}, {c['device_name']}, {c['threads']} threads, torch {c['torch']}, "
+          f"transformers {c['transformers']}")
+    if r.get("peak"):
+        print("\nmatmul peak (" + f"{c['peak_size']}^3): " +
+              ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in r["peak"].items()))
+    if r.get("train"):
+        extras = [x for x, on in (("torch.compile", c["compile"]), ("fused AdamW", c["fused_adam"])) if on]
+        print(f"\ntraining step (fwd+bwd+clip+AdamW, median of {c['steps']} after {c['warmup']} warm-up; "
+              f"FLOPs/token = 6N + 12·L·T·d{'; ' + ', '.join(extras) if extras else ''})")
+        cuda = c["device"].startswith("cuda")
+        head = f"{'dtype':<9} {'model':<9} {'params':>8} {'step ms':>8} {'tok/s':>9} {'GFLOP/s':>8} {'% peak':>7}"
+        head += f" {'MFU':>6}" if cuda else ""
+        head += f" {'step MiB':>9} {'ours/base':>9}"
+        print(head)
+        for dt, t in r["train"].items():
+            for name in ("ours", "baseline"):
+                m = t[name]
+                mem = m.get("step_mem_mib")
+                line = (f"{dt:<9} {name:<9} {m['params'] / 1e6:>7.2f}M {m['step_ms']:>8.1f} {m['tokens_per_s']:>9,.0f} "
+                        f"{m['tflops'] * 1e3:>8.1f} {pct(m.get('share_of_peak')):>7}")
+                line += f" {pct(m.get('mfu_bf16_spec')):>6}" if cuda else ""
+                line += f" {'-' if mem is None else f'{mem:,.0f}':>9}"
+                line += f" {t['ratio']:>8.3f}x" if name == "ours" else ""
+                print(line)
+            if not cuda:
+                print(f"{'':<9} ours/baseline from process CPU time: {t['ratio_cpu_time']:.3f}x")
+    if r.get("generation"):
+        print(f"\ngeneration (greedy, KV cache, prompt {c['gen_prompt']}, {c['gen_tokens']} new tokens; new tok/s; "
+              f"bf16 = bf16 weights)")
+        print(f"{'dtype':<9} {'batch':>5} {'ours':>9} {'baseline':>9} {'ours/base':>9}")
+        for dt, g in r["generation"].items():
+            for b, v in g.items():
+                print(f"{dt:<9} {b[1:]:>5} {v['ours']:>9,.1f} {v['baseline']:>9,.1f} {v['ratio']:>8.3f}x")
+    if r.get("packing"):
+        print("\nSFT useful-token throughput (loss-bearing tokens/s of our training step; "
+              "ceiling = unpacked positions/s)")
+        print(f"{'file':<16} {'len':>5} {'dtype':<9} {'layout':<9} {'rows':>6} {'width':>6} {'useful':>7} "
+              f"{'useful/s':>9} {'pos/s':>8}  {'ceiling':>8} {'% ceil':>7} {'speedup':>7}")
+        for p in r["packing"]:
+            for name in ("unpacked", "packed"):
+                m = p[name]
+                line = (f"{Path(p['file']).name:<16} {p['max_seq_len']:>5} {p['dtype']:<9} {name:<9} {m['rows']:>6} "
+                        f"{m['mean_width']:>6.0f} {pct(m['useful_share']):>7} {m['useful_tokens_per_s']:>9,.0f} "
+                        f"{m['positions_per_s']:>8,.0f}")
+                if name == "packed":
+                    line += (f"  {p['ceiling_tokens_per_s']:>8,.0f} {p['packed_pct_of_ceiling']:>6.1f}% "
+                             f"{p['packed_speedup']:>6.2f}x")
+                print(line)
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
+def print_loss_curve(r):
+    print(f"loss curve: {r['steps']} steps of batch {r['batch_size']} x {r['seq_len']} on {r['data']}, lr {r['lr']} "
+          f"(cosine), moving average over {r['smooth_window']} steps")
+    print(f"{'step':>6} {'fp32':>8} {'bf16':>8} {'rel diff':>9}")
+    for p in r["smoothed"]:
+        print(f"{p['step']:>6} {p['float32']:>8.4f} {p['bfloat16']:>8.4f} "
+              f"{100 * abs(p['bfloat16'] - p['float32']) / p['float32']:>8.2f}%")
+    print(f"max relative difference of the smoothed curves: {100 * r['max_rel_diff']:.2f}% at step {r['at_step']} "
+          f"({'within' if r['within_1pct'] else 'NOT within'} 1%); time fp32 {r['seconds']['float32']} s, "
+          f"bf16 {r['seconds']['bfloat16']} s")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import transformers
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    shape = model_shape(args.config)
+    has_bf16 = bf16_supported(device)
+    if args.dtype is None:
+        dtypes = ["float32", "bfloat16"] if has_bf16 else ["float32"]
+    else:
+        dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    notes = []
+    load_start = os.getloadavg()[0]
+    if "bfloat16" in dtypes and not has_bf16:
+        notes.append("bfloat16 requested but this device has no native bf16 matmuls: figures are emulated")
+
+    from model import MiniMindConfig
+    cfg = MiniMindConfig(**shape)
+    config = {"preset": args.config, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+              "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+              "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size, "use_moe": cfg.use_moe,
+              "seq_len": args.seq_len, "batch_size": args.batch_size, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"CPU ({torch.backends.cpu.get_cpu_capability()})",
+              "threads": args.threads, "dtypes": dtypes, "steps": args.steps, "warmup": args.warmup,
+              "gen_tokens": args.gen_tokens, "gen_prompt": args.gen_prompt, "compile": args.compile,
+              "fused_adam": args.fused_adam,
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "cpu_count": os.cpu_count(), "loadavg_start": round(load_start, 2),
+              "peak_size": args.peak_size or (8192 if device.type == "cuda" else 2048)}
+
+    if args.loss_curve is not None:
+        if not has_bf16:
+            notes.append("no native bf16 on this device: the bf16 curve is emulated")
+        r = run_loss_curve(args, shape, device, load_tokenizer())
+        busy_note(config, notes, "the timings are noisy (the losses are not affected)")
+        r.update({"config": config, "notes": notes})
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print_loss_curve(r)
+        return r
+
+    result = {"config": config, "flops_per_token_formula": "6*N_matmul + 12*L*T*d (fwd+bwd; no causal discount)",
+              "peak": {}, "train": {}, "generation": {}, "packing": [], "notes": notes}
+    peak_dtypes = ["float32", "bfloat16"] if has_bf16 else ["float32"]
+
+    def measure_peaks():  # at the start and again at the end: the peak is the better of the two
+        for dt in peak_dtypes:
+            log(f"peak: {dt} {config['peak_size']}^3 matmul ...")
+            result["peak"][dt] = max(result["peak"].get(dt, 0.0), matmul_peak(device, DTYPES[dt], config["peak_size"]))
+
+    if "peak" not in args.skip:
+        measure_peaks()
+    if "train" not in args.skip:
+        for dt in dtypes:
+            log(f"train: {dt} ...")
+            result["train"][dt] = bench_train(args, shape, device, dt, result["peak"], memory="memory" not in args.skip)
+    if "generation" not in args.skip:
+        for dt in dtypes:
+            log(f"generation: {dt} ...")
+            result["generation"][dt] = bench_generation(args, shape, device, dt)
+    if "packing" not in args.skip:
+        pack_dtype = args.pack_dtype or ("bfloat16" if "bfloat16" in dtypes else "float32")
+        log(f"packing: {pack_dtype} ...")
+        result["packing"], pack_notes = bench_packing(args, shape, device, pack_dtype, load_tokenizer())
+        notes.extend(pack_notes)
+    if "peak" not in args.skip and not args.quick:
+        measure_peaks()
+        for dt, t in result["train"].items():  # shares against the final peak
+            for name in ("ours", "baseline"):
+                m = t[name]
+                m["share_of_peak"] = round(m["tflops"] * 1e12 / result["peak"][dt], 4) if dt in result["peak"] else None
+    busy_note(config, notes)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return result
+
+
+def busy_note(config, notes, what="absolute rates are low and noisy; the interleaved ours/baseline ratios are "
+                                    "the figures to trust"):
+    """Record the 1-minute load average at the end and warn when other work shared the CPUs."""
+    config["loadavg_end"] = round(os.getloadavg()[0], 2)
+    if config["device"] == "cpu":
+        others = max(config["loadavg_start"], config["loadavg_end"] - config["threads"])
+        if others >= 1.0:
+            notes.append(f"the machine was busy (1-min load average {config['loadavg_start']} at the start, "
+                         f"{config['loadavg_end']} at the end, {config['cpu_count']} CPUs): {what}")
+
+
+if __name__ == "__main__":
+    main()

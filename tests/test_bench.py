@@ -1,0 +1,57 @@
+"""Smoke test of scripts/bench.py: a tiny run with --json prints every section. No timing is checked."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮你？"}],
+    [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+     {"role": "user", "content": "Another one?"}, {"role": "assistant", "content": "Green."}],
+]
+
+
+def test_bench_quick_json(tmp_path):
+    sft = tmp_path / "sft.jsonl"
+    lines = [json.dumps({"conversations": CONVERSATIONS[i % len(CONVERSATIONS)]}, ensure_ascii=False) for i in range(12)]
+    sft.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", "--threads", "1",
+           "--gen_batches", "1,2", "--sft_data", str(sft), "--cache_dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+
+    assert {"config", "peak", "train", "generation", "packing", "notes"} <= result.keys()
+    assert result["config"]["preset"] == "tiny" and result["config"]["device"] == "cpu"
+    dtypes = result["config"]["dtypes"]
+    assert dtypes[0] == "float32" and set(dtypes) <= {"float32", "bfloat16"}
+    assert set(result["peak"]) >= {"float32"}
+    for dt in dtypes:
+        train = result["train"][dt]
+        for name in ("ours", "baseline"):
+            m = train[name]
+            assert {"params", "step_ms", "tokens_per_s", "tflops", "share_of_peak", "step_mem_mib"} <= m.keys()
+            assert m["tokens_per_s"] > 0
+        assert train["ours"]["params"] == train["baseline"]["params"]  # the baseline really has our shape
+        assert train["ratio"] > 0
+        gen = result["generation"][dt]
+        assert set(gen) == {"b1", "b2"}
+        assert all(gen[b]["ours"] > 0 and gen[b]["baseline"] > 0 and gen[b]["ratio"] > 0 for b in gen)
+
+    (pack,) = result["packing"]
+    for layout in ("packed", "unpacked"):
+        assert {"useful_tokens_per_s", "positions_per_s", "useful_share", "rows"} <= pack[layout].keys()
+        assert 0 < pack[layout]["useful_share"] <= 1
+    assert pack["packed"]["rows"] < pack["unpacked"]["rows"]  # short conversations share rows when packed
+    assert {"ceiling_tokens_per_s", "packed_pct_of_ceiling", "packed_speedup"} <= pack.keys()
+
+
+def test_bench_missing_sft_data_is_a_note(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", "--threads", "1",
+           "--skip", "peak,train,generation", "--sft_data", str(tmp_path / "absent.jsonl")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["packing"] == [] and any("not found" in note for note in result["notes"])

@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from trainer.precision import native_bf16  # noqa: E402
+
 DEFAULT_KIT = ROOT.parent / "shared" / "data"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Nominal dense (no sparsity) bf16 tensor-core peaks, FLOP/s, matched against torch.cuda.get_device_name().
@@ -117,19 +119,6 @@ def parse_args(argv=None):
 def model_shape(config_name: str) -> dict:
     from configs import load_config, model_kwargs
     return model_kwargs(load_config(config_name))
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Native bf16 matmuls: CUDA's own check; on CPU the avx512_bf16 / amx_bf16 flags (oneDNN would emulate bf16
-    on any AVX-512 CPU, slowly)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def autocast(device: torch.device, dtype):
@@ -659,7 +648,7 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
     shape = model_shape(args.config)
-    has_bf16 = bf16_supported(device)
+    has_bf16 = native_bf16(device)
     if args.dtype is None:
         dtypes = ["float32", "bfloat16"] if has_bf16 else ["float32"]
     else:

@@ -49,6 +49,10 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g.add_argument("--accumulation_steps", type=int, default=stage.accumulation_steps, help="micro-batches per optimizer step")
     g.add_argument("--learning_rate", type=float, default=stage.learning_rate, help="peak learning rate (cosine decay to a tenth of it)")
     g.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up steps before the cosine schedule")
+    g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
+                   help="adamw: AdamW for all parameters; muon: Muon for the 2-D weight matrices inside the blocks, AdamW (at --learning_rate) for embeddings, norms and the MoE router")
+    g.add_argument("--muon_lr", type=float, default=0.02, help="peak learning rate of the Muon group (--optimizer muon), same cosine schedule")
+    g.add_argument("--muon_momentum", type=float, default=0.95, help="Muon's Nesterov momentum")
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
     g.add_argument("--seed", type=int, default=42, help="seed for initialisation, data order and dropout")
@@ -57,7 +61,9 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available); torchrun picks the GPU per rank")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast precision (weights stay fp32): auto = bfloat16 on CUDA, float32 on CPU; float16 adds a GradScaler")
+                   help="autocast precision (weights stay fp32): auto = bfloat16 where the device has it natively (CUDA; CPUs with avx512_bf16/AMX), else float32; float16 adds a GradScaler")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the training steps (first steps are slow while it compiles; on CPU it needs a C++ compiler)")
 
     g = p.add_argument_group("output and logging")
     g.add_argument("--out_dir", default="out", help="where final model folders, run logs and checkpoints go")

@@ -88,7 +88,10 @@ def load_checkpoint(path: Path, model, optimizer, scaler) -> dict:
     """Restore model, optimizer, scaler and RNG from `path`; return its progress dict."""
     load_model(model, str(path / "model.safetensors"))
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

@@ -17,6 +17,8 @@ from .args import parse_args
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import RunLogger
 from .modelio import StageError, build_or_load_model, load_tokenizer
+from .optim import build_optimizer
+from .precision import autocast_dtype
 
 
 class NonFiniteLoss(Exception):
@@ -29,12 +31,6 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak / 10 + 0.5 * peak * (1 + math.cos(math.pi * progress))
-
-
-def autocast_dtype(name: str, device: torch.device):
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def to_device(batch: dict, device):
@@ -85,8 +81,9 @@ def train(stage, args, info):
     model.to(info.device)
     stage.setup(args, model, tokenizer, info)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  fused=info.device.type == "cuda")
+    optimizer = build_optimizer(model, args, info.device)
+    if info.is_main:
+        print(f"optimizer: {optimizer.describe()}", file=sys.stderr)
     amp_dtype = autocast_dtype(args.dtype, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
     autocast = (lambda: torch.autocast(info.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -96,7 +93,10 @@ def train(stage, args, info):
         path = latest_checkpoint(ckpt_dir)
         if path is None:
             raise StageError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
-        progress = load_checkpoint(path, model, optimizer, scaler)
+        try:
+            progress = load_checkpoint(path, model, optimizer, scaler)
+        except ValueError as e:
+            raise StageError(str(e)) from None
         if info.is_main:
             print(f"resumed from {path} (step {progress['step']})", file=sys.stderr)
 
@@ -104,6 +104,8 @@ def train(stage, args, info):
     if info.enabled:
         train_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                               find_unused_parameters=bool(getattr(model.config, "use_moe", False)))
+    if args.compile:
+        train_model = torch.compile(train_model)
     model.train()
     stage.train_mode(model)
 
@@ -138,9 +140,8 @@ def train(stage, args, info):
                 if not group:
                     break
                 stage.on_step(step, total_steps)
+                optimizer.set_lr(lambda peak: learning_rate(step, total_steps, peak, args.warmup_iters))
                 lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
                 local_items = sum(b["num_items"] for b in group)
                 items = distributed.all_reduce_sum(torch.tensor(float(local_items), device=info.device), info)
                 scale = info.world_size / items  # DDP averages gradients over ranks
@@ -158,7 +159,7 @@ def train(stage, args, info):
                     for k, v in sums.items():
                         window["sums"][k] = window["sums"].get(k, 0) + v.detach()
                 if scaler:
-                    scaler.unscale_(optimizer)
+                    optimizer.unscale_(scaler)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
                 bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
                 if args.skip_nonfinite and bool(bad):
@@ -168,11 +169,7 @@ def train(stage, args, info):
                     nonfinite |= bad
                     if info.device.type == "cpu" and bool(nonfinite):  # free to check on CPU: no device sync
                         raise NonFiniteLoss(_nonfinite_message(step + 1, ckpt_dir))
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
+                    optimizer.step(scaler)
                     optimizer.zero_grad(set_to_none=True)
                 step += 1
                 epoch_step += 1

@@ -15,6 +15,8 @@ REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def unwrap(model):
+    """The plain model under torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

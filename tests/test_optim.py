@@ -1,0 +1,79 @@
+"""--optimizer muon: which parameters Muon takes, resume, and that a tiny model learns with it."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from model import MiniMindForCausalLM
+from scripts.make_demo_data import make_demo_data
+from trainer import PRETRAIN, run
+from trainer.args import parse_args
+from trainer.optim import build_optimizer
+
+TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
+
+
+@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
+def test_muon_takes_block_matrices_and_adamw_the_rest(use_moe):
+    model = MiniMindForCausalLM(tiny_config(use_moe=use_moe))
+    args = parse_args(PRETRAIN, [*TINY, "--optimizer", "muon", "--learning_rate", "1e-3", "--muon_lr", "0.05"])
+    opt = build_optimizer(model, args, torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.optimizers["muon"].param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in opt.optimizers["adamw"].param_groups for p in g["params"]}
+    assert muon | adamw == set(names.values()) and not muon & adamw
+    assert all(dict(model.named_parameters())[n].ndim == 2 and ".layers." in n for n in muon)
+    assert all(dict(model.named_parameters())[n].ndim == 1 for n in adamw if "norm" in n)
+    assert "model.embed_tokens.weight" in adamw  # tied with the LM head: stays with AdamW
+    assert any("self_attn.q_proj" in n for n in muon) and any("down_proj" in n for n in muon)
+    if use_moe:
+        assert {n for n in adamw if n.endswith("mlp.gate.weight")} == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)}
+    assert {g["peak_lr"] for g in opt.optimizers["muon"].param_groups} == {0.05}
+    assert {g["peak_lr"] for g in opt.optimizers["adamw"].param_groups} == {1e-3}
+    # plain AdamW: everything in one optimizer
+    args = parse_args(PRETRAIN, [*TINY])
+    assert set(build_optimizer(model, args, torch.device("cpu")).optimizers) == {"adamw"}
+
+
+def _args(demo, out, *extra):
+    return [*TINY, "--data_path", demo["pretrain"], "--out_dir", out, "--batch_size", "4", "--accumulation_steps", "1",
+            "--learning_rate", "2e-3", "--log_interval", "1", "--cache_dir", out.parent / "cache", "--optimizer", "muon",
+            *extra]
+
+
+def test_muon_resume_is_bit_identical(demo, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(PRETRAIN, _args(demo, full, "--max_steps", "6", "--save_interval", "3"))
+    ckpts = full / "runs" / "pretrain_64" / "checkpoints"
+    state = torch.load(ckpts / "step_0000003" / "trainer_state.pt", weights_only=True)
+    assert set(state["optimizer"]) == {"adamw", "muon"}
+    assert state["optimizer"]["muon"]["state"], "Muon's momentum buffers are in the checkpoint"
+
+    # an interrupted run: only the step-3 checkpoint exists
+    shutil.copytree(full / "runs", resumed / "runs")
+    kept = resumed / "runs" / "pretrain_64" / "checkpoints"
+    shutil.rmtree(kept / "step_0000006")
+    (kept / "latest").write_text("step_0000003")
+    run(PRETRAIN, _args(demo, resumed, "--max_steps", "6", "--save_interval", "3", "--resume"))
+    a, b = load_file(str(full / "pretrain_64" / "model.safetensors")), load_file(str(resumed / "pretrain_64" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(SystemExit) as e:  # a checkpoint written by Muon cannot resume as AdamW
+        run(PRETRAIN, [*_args(demo, resumed, "--max_steps", "6", "--resume"), "--optimizer", "adamw"])
+    assert e.value.code == 2
+
+
+def test_loss_falls_with_muon(demo, tmp_path):
+    run(PRETRAIN, _args(demo, tmp_path, "--max_steps", "30", "--save_interval", "0", "--log_interval", "5"))
+    rows = [json.loads(l) for l in (tmp_path / "runs" / "pretrain_64" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, [r["loss"] for r in rows]

@@ -192,3 +192,16 @@ def test_missing_start_checkpoint_names_the_command(tmp_path, demo):
     res = cli("train_full_sft.py", *TINY, "--data_path", demo["sft"], "--out_dir", tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "python train_pretrain.py" in res.stderr and "pretrain_64" in res.stderr
+
+
+def test_compile_flag_trains_like_eager(demo, tmp_path):
+    """--compile changes how the step runs, not what it computes."""
+    common = [*TINY, "--data_path", demo["pretrain"], "--learning_rate", "2e-3", "--log_interval", "1",
+              "--max_steps", "3", "--save_interval", "0", "--batch_size", "4", "--accumulation_steps", "1",
+              "--cache_dir", tmp_path / "cache"]
+    run(PRETRAIN, [*common, "--out_dir", tmp_path / "eager"])
+    run(PRETRAIN, [*common, "--out_dir", tmp_path / "compiled", "--compile"])
+    eager, compiled = metrics(tmp_path / "eager", "pretrain_64"), metrics(tmp_path / "compiled", "pretrain_64")
+    assert len(eager) == len(compiled) == 3
+    for a, b in zip(eager, compiled):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)

@@ -8,30 +8,15 @@ OUT_DIR/lora/X_<dim>[_moe]/; `--model_path DIR` loads any Hugging Face folder (M
 import argparse
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from model import TOKENIZER_DIR  # importing `model` also registers MiniMind with the Auto classes
+from trainer.modelio import MODEL_MODES
 
 
-@dataclass(frozen=True)
-class ModelMode:
-    stage: str  # output folder prefix written by the training script
-    command: str  # the command that writes it
-    label: str
-
-
-MODEL_MODES = {
-    0: ModelMode("pretrain", "python train_pretrain.py", "pretrained model (continues text, no chat template)"),
-    1: ModelMode("full_sft", "python train_full_sft.py", "supervised fine-tuned chat model"),
-    2: ModelMode("rlhf", "python train_dpo.py", "DPO-aligned chat model"),
-    3: ModelMode("reason", "python train_distill_reason.py", "reasoning model (<think>…</think><answer>…</answer>)"),
-    4: ModelMode("grpo", "python train_grpo.py", "RL-tuned (GRPO) reasoning model"),
-    5: ModelMode("distill", "python train_distillation.py --teacher TEACHER_DIR", "distilled (teacher → student) chat model"),
-}
 PRETRAIN_MODE = 0
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 

@@ -1,4 +1,5 @@
 """Finding, building and loading the models and tokenizer a stage starts from."""
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -6,15 +7,23 @@ from transformers import AutoTokenizer
 
 from model import TOKENIZER_DIR, MiniMindConfig, MiniMindForCausalLM
 
-# which command writes each stage's output folder, for "missing checkpoint" errors
-PRODUCED_BY = {
-    "pretrain": "python train_pretrain.py",
-    "full_sft": "python train_full_sft.py",
-    "rlhf": "python train_dpo.py",
-    "reason": "python train_distill_reason.py",
-    "grpo": "python train_grpo.py",
-    "distill": "python train_distillation.py",
+@dataclass(frozen=True)
+class ModelMode:
+    stage: str  # output folder prefix the training script writes: OUT_DIR/<stage>_<dim>[_moe]
+    command: str  # the command that writes it (named in "missing checkpoint" errors)
+    label: str
+
+
+# eval_model.py's --model_mode numbers (MiniMind's), and which stage folder each one loads
+MODEL_MODES = {
+    0: ModelMode("pretrain", "python train_pretrain.py", "pretrained model (continues text, no chat template)"),
+    1: ModelMode("full_sft", "python train_full_sft.py", "supervised fine-tuned chat model"),
+    2: ModelMode("rlhf", "python train_dpo.py", "DPO-aligned chat model"),
+    3: ModelMode("reason", "python train_distill_reason.py", "reasoning model (<think>…</think><answer>…</answer>)"),
+    4: ModelMode("grpo", "python train_grpo.py", "RL-tuned (GRPO) reasoning model"),
+    5: ModelMode("distill", "python train_distillation.py --teacher TEACHER_DIR", "distilled (teacher → student) chat model"),
 }
+PRODUCED_BY = {mode.stage: mode.command for mode in MODEL_MODES.values()}
 
 
 class StageError(Exception):

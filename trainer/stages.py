@@ -62,10 +62,17 @@ class Stage:
         """(sum of per-token losses, {metric name: sum}) for one micro-batch."""
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], use_cache=False)
-        loss = losses.causal_lm_loss(out.logits, batch["labels"], self.token_weights(batch, args))
+        token_ce = losses.token_cross_entropy(out.logits, batch["labels"])
+        weights = self.token_weights(batch, args)
+        metrics = {}
+        if weights is None:
+            loss = token_ce.sum()
+        else:  # the weighted loss is what trains; the plain cross entropy stays comparable with other runs
+            loss = (token_ce * weights).sum()
+            metrics["ce"] = token_ce.detach().sum()
         if out.aux_loss is not None:  # MoE balance loss is a per-batch mean: weight it like the batch's tokens
             loss = loss + out.aux_loss * batch["num_items"]
-        return loss, {}
+        return loss, metrics
 
     def save(self, model, tokenizer, args, out: Path) -> Path:
         return save_final(unwrap(model), tokenizer, out)

@@ -9,7 +9,6 @@ and a loss curve to OUT_DIR/runs/<stage>_<dim>/loss.png.
 """
 import argparse
 import json
-import random
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import load_config  # noqa: E402
-from scripts.make_demo_data import (IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT, dpo_lines,  # noqa: E402
-                                    make_demo_data, write_jsonl)
+from scripts.make_demo_data import IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT, make_demo_data  # noqa: E402
 
 # file names per stage: the demo's (MiniMind's names) first, then the data kit's
 DATA_FILES = {
@@ -71,16 +69,16 @@ def run_stage(label, command, common, log):
     log[label] = round(time.time() - start, 1)
 
 
-def measure(args, out: Path, dim: int, data: dict, heldout_dpo: Path, lora_name: str, max_seq_len: int) -> dict:
+def measure(args, out: Path, dim: int, heldout: dict, lora_name: str, max_seq_len: int) -> tuple[dict, dict]:
+    """(the demo's report: sample chats and the before/after figures it prints, the full evaluation report of
+    scripts/eval_report.py, whose numbers the demo's figures are taken from)."""
     import torch
 
     from scripts.chat_common import build_prompt, generate, load_model
-    from scripts.reason_format import format_share
-    from trainer.evaluation import preference_accuracy
+    from scripts.eval_report import evaluate_pipeline
 
     torch.manual_seed(args.seed)
     folders = {s: out / f"{s}_{dim}" for s in ("pretrain", "full_sft", "rlhf", "reason")}
-    adapter = out / "lora" / f"{lora_name}_{dim}"
     report = {"chats": {}}
 
     def answer(model, tokenizer, prompt, chat=True, max_new_tokens=40):
@@ -93,33 +91,33 @@ def measure(args, out: Path, dim: int, data: dict, heldout_dpo: Path, lora_name:
         prompts = CHAT_PROMPTS[:2] if chat else ["The capital of France", "Two plus three"]
         report["chats"][stage] = [(p, answer(model, tokenizer, p, chat)) for p in prompts]
 
-    sft, tokenizer = load_model(folders["full_sft"])
-    with_lora, _ = load_model(folders["full_sft"], lora_path=adapter)
-    identity_prompts = IDENTITY_HELD_OUT
+    # identity: greedy answers to held-out phrasings; reasoning: 4 sampled replies per held-out prompt
+    evaluation = evaluate_pipeline(out, dim, text=heldout["text"], chat=heldout["chat"], dpo=heldout["dpo"],
+                                   reason_prompts=REASON_HELD_OUT, identity_prompts=IDENTITY_HELD_OUT,
+                                   identity_name=IDENTITY_NAME, max_seq_len=max_seq_len, device="cpu", samples=4,
+                                   temperature=0.7, top_p=0.9, max_new_tokens=60, identity_tokens=40, seed=args.seed)
+    rows = {row["name"]: row for row in evaluation["rows"]}
+    sft, with_lora = rows["full_sft"], rows[f"full_sft + {lora_name}"]
+    dpo_model, reason_model = rows["rlhf"], rows["reason"]
     report["identity"] = {
         "name": IDENTITY_NAME,
-        "base": [(p, answer(sft, tokenizer, p)) for p in identity_prompts],
-        "lora": [(p, answer(with_lora, tokenizer, p)) for p in identity_prompts],
+        "base": sft["details"]["identity_answers"],
+        "lora": with_lora["details"]["identity_answers"],
+        "base_share": sft["metrics"]["identity"],
+        "lora_share": with_lora["metrics"]["identity"],
     }
-    for key in ("base", "lora"):
-        hits = [IDENTITY_NAME in a for _, a in report["identity"][key]]
-        report["identity"][f"{key}_share"] = sum(hits) / len(hits)
-
-    dpo_model, _ = load_model(folders["rlhf"])
     report["dpo"] = {
-        "pairs": str(heldout_dpo),
-        "before": preference_accuracy(sft, tokenizer, heldout_dpo, max_seq_len),
-        "after": preference_accuracy(dpo_model, tokenizer, heldout_dpo, max_seq_len),
+        "pairs": str(heldout["dpo"]),
+        "before": sft["metrics"]["pref_acc"],
+        "after": dpo_model["metrics"]["pref_acc"],
+        "reward_accuracy": dpo_model["metrics"].get("dpo_reward_acc"),
     }
-
-    reason_prompts = REASON_HELD_OUT
     report["reason"] = {}
-    for key, model in (("before", dpo_model), ("after", load_model(folders["reason"])[0])):
-        share, replies = format_share(model, tokenizer, reason_prompts, samples=4, temperature=0.7, top_p=0.9,
-                                      max_new_tokens=60, seed=args.seed)
-        report["reason"][key] = share
+    for key, row in (("before", dpo_model), ("after", reason_model)):
+        replies = row["details"].get("reason_replies", [])
+        report["reason"][key] = row["metrics"]["well_formed"]
         report["reason"][f"{key}_example"] = replies[0] if replies else ""
-    return report
+    return report, evaluation
 
 
 def print_report(report, times, out: Path, dim: int):
@@ -136,6 +134,8 @@ def print_report(report, times, out: Path, dim: int):
     dpo = report["dpo"]
     print(f"\nDPO preference accuracy on held-out pairs (log π(chosen) > log π(rejected)): "
           f"SFT {dpo['before']:.0%} → DPO {dpo['after']:.0%}")
+    if dpo.get("reward_accuracy") is not None:
+        print(f"DPO implicit-reward accuracy ((log π − log π_SFT)(chosen) > (…)(rejected)): {dpo['reward_accuracy']:.0%}")
     reason = report["reason"]
     print(f"\nWell-formed <think>…</think><answer>…</answer> replies (held-out prompts, sampled): "
           f"before {reason['before']:.0%} → after reasoning distillation {reason['after']:.0%}")
@@ -164,8 +164,9 @@ def main(argv=None):
     else:
         data = make_demo_data(out / "demo_data", seed=0)
         print(f"demo data written to {out / 'demo_data'}")
-    heldout_dpo = out / "heldout_dpo.jsonl"
-    write_jsonl(heldout_dpo, dpo_lines(random.Random(12345), 200))  # same world, pairs not in the training file
+    from scripts.eval_report import write_demo_heldout, write_report
+
+    heldout = write_demo_heldout(out / "heldout")  # same world, fresh samples: text, chats, DPO pairs, prompts
     lora_name = "lora_identity"
     preset = load_config(args.config)
     dim, max_seq_len = preset.get("dim", 512), preset.get("max_seq_len", 512)
@@ -175,11 +176,15 @@ def main(argv=None):
     for label, command, _ in stage_commands(args, data, lora_name):
         run_stage(label, command, common, times)
     print("\nmeasuring ...", flush=True)
-    report = measure(args, out, dim, data, heldout_dpo, lora_name, max_seq_len)
+    report, evaluation = measure(args, out, dim, heldout, lora_name, max_seq_len)
     report["lora_name"] = lora_name
     times["total"] = round(time.time() - start, 1)
     (out / "report.json").write_text(json.dumps({"report": report, "seconds": times}, ensure_ascii=False, indent=1))
     print_report(report, times, out, dim)
+    paths = write_report(evaluation, out / "eval")
+    print("\n" + paths["markdown"].read_text(encoding="utf-8"))
+    print(f"Evaluation report: {paths['markdown']} and {paths['chart']} "
+          f"(again any time: python scripts/eval_report.py --out_dir {out})")
 
 
 if __name__ == "__main__":

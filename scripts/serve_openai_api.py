@@ -6,10 +6,12 @@
                               are accepted and ignored.
   GET  /v1/models             the served model ids (a model's id is its folder name)
   GET  /health                {"status": "ok"}
+  GET  /                      a chat page for the browser (scripts/web/chat.html; --no_web turns it off)
 
   python scripts/serve_openai_api.py                                  # out/full_sft_512 on 127.0.0.1:8998
   python scripts/serve_openai_api.py --model_mode 2 --lora_name lora_identity
   python scripts/serve_openai_api.py --model_path out/full_sft_512 --model_path out/reason_512
+  then open http://127.0.0.1:8998/ in a browser to chat (streamed replies, model picker, sampling controls)
 
   from openai import OpenAI
   client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="none")
@@ -19,10 +21,17 @@ Sampling settings a request leaves out take this server's --temperature/--top_p/
 temperature 0 means greedy decoding. Each model answers one request at a time (a lock per model; other
 requests wait their turn), so answers never mix. A pretrained model (--model_mode 0) continues the last
 message as plain text. Reasoning models' <think>/<answer> tags are returned as generated.
+
+The chat page is one self-contained file (HTML, CSS and JavaScript; nothing fetched from elsewhere, so it works
+offline). It is served with this server's sampling defaults filled in and a Content-Security-Policy that lets
+only its own inline script and style run and lets it talk only to this server.
 """
 import argparse
+import base64
+import hashlib
 import json
 import math
+import re
 import signal
 import socket
 import sys
@@ -49,6 +58,7 @@ from scripts.chat_common import (PRETRAIN_MODE, GenerationStream, HelpFormatter,
 ROLES = ("system", "developer", "user", "assistant")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP_SEQUENCES = 4
+WEB_PAGE = Path(__file__).resolve().parent / "web" / "chat.html"
 
 
 # ---------------------------------------------------------------- models
@@ -226,6 +236,25 @@ def parse_chat_request(raw: bytes, models: dict, defaults: dict) -> ChatRequest:
                        bool(options and options.get("include_usage")), stop, seed)
 
 
+# ---------------------------------------------------------------- the chat page
+
+def _csp_hashes(html: str, tag: str) -> str:
+    """CSP source expressions for the contents of the page's bare <script>/<style> elements (data blocks such
+    as <script type="application/json"> carry attributes, are not run, and need none)."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks) or "'none'"
+
+
+def chat_page(defaults: dict) -> tuple[bytes, str]:
+    """(the chat page with `defaults` filled in, its Content-Security-Policy header)."""
+    html = WEB_PAGE.read_text(encoding="utf-8")
+    config = json.dumps({k: defaults[k] for k in ("temperature", "top_p", "max_tokens")}).replace("<", "\\u003c")
+    html = html.replace("{{DEFAULTS}}", config)
+    csp = (f"default-src 'none'; script-src {_csp_hashes(html, 'script')}; style-src {_csp_hashes(html, 'style')}; "
+           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html.encode(), csp
+
+
 # ---------------------------------------------------------------- responses
 
 def completion_body(cid, created, served, stream: GenerationStream) -> dict:
@@ -258,6 +287,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "MiniMindAPI/1.0"
     protocol_version = "HTTP/1.1"  # keep-alive; streamed answers use chunked transfer encoding
     timeout = 300  # seconds an idle keep-alive connection is held
+    head_only = False  # answering HEAD: the headers of GET without the body
 
     # -- plumbing
     def log_message(self, format, *args):
@@ -273,8 +303,25 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         try:
             self.end_headers()
-            self.wfile.write(data)
+            if not self.head_only:
+                self.wfile.write(data)
         except OSError as e:  # BrokenPipeError, ConnectionResetError, a socket timeout, ...
+            raise ClientGone() from e
+
+    def send_page(self):
+        data, csp = self.server.page
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Security-Policy", csp)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-cache")
+        try:
+            self.end_headers()
+            if not self.head_only:
+                self.wfile.write(data)
+        except OSError as e:
             raise ClientGone() from e
 
     def send_error(self, code, message=None, explain=None):
@@ -317,6 +364,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     # -- routes
+    def do_HEAD(self):
+        self.head_only = True
+        try:
+            self.do_GET()
+        finally:
+            self.head_only = False
+
     def do_GET(self):
         path = self.path.split("?", 1)[0].rstrip("/")
         models = self.server.models
@@ -329,6 +383,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.send_json(404, APIError(404, f"The model '{name}' does not exist", param="model",
                                              code="model_not_found").body())
+        elif path == "" and self.server.page is not None:
+            self.send_page()
         elif path in ("", "/health"):
             self.send_json(200, {"status": "ok", "models": list(models)})
         else:
@@ -425,7 +481,8 @@ class APIServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, models: dict, defaults: dict, quiet: bool = False):
+    def __init__(self, address, models: dict, defaults: dict, quiet: bool = False, web: bool = True):
+        self.page = chat_page(defaults) if web else None  # read before binding: a missing file fails early
         super().__init__(address, Handler)
         self.models, self.defaults, self.quiet = models, defaults, quiet
         self._connections, self._connections_lock = set(), threading.Lock()
@@ -464,14 +521,16 @@ class APIServer(ThreadingHTTPServer):
 
 
 def make_server(models, host: str = "127.0.0.1", port: int = 8998, *, temperature: float = 0.85, top_p: float = 0.85,
-                max_tokens: int = 512, quiet: bool = False) -> APIServer:
+                max_tokens: int = 512, quiet: bool = False, web: bool = True) -> APIServer:
     """A bound server, not yet running: call serve_forever() (e.g. in a thread); shutdown() then server_close()
-    stop it. `models` is {id: ServedModel} or a list of ServedModel; port 0 picks a free port (server.port)."""
+    stop it. `models` is {id: ServedModel} or a list of ServedModel; port 0 picks a free port (server.port).
+    web=False leaves out the chat page (GET / then answers like /health)."""
     if not isinstance(models, dict):
         models = {m.id: m for m in models}
     if not models:
         raise ValueError("make_server needs at least one model")
-    return APIServer((host, port), models, dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens), quiet)
+    return APIServer((host, port), models, dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens), quiet,
+                     web)
 
 
 # ---------------------------------------------------------------- main
@@ -485,6 +544,7 @@ def parse_args(argv=None):
     g.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     g.add_argument("--port", type=int, default=8998, help="port to listen on (0: any free port)")
     g.add_argument("--quiet", action="store_true", help="do not log each request")
+    g.add_argument("--no_web", action="store_true", help="do not serve the browser chat page at / (the API only)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 <= args.top_p <= 1:
         parser.error("need --max_new_tokens >= 1, 0 <= --temperature <= 2 and 0 <= --top_p <= 1")
@@ -505,12 +565,13 @@ def main(argv=None) -> int:
         return 2
     try:
         server = make_server(models, args.host, args.port, temperature=args.temperature, top_p=args.top_p,
-                             max_tokens=args.max_new_tokens, quiet=args.quiet)
+                             max_tokens=args.max_new_tokens, quiet=args.quiet, web=not args.no_web)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(f"serving {', '.join(models)} at http://{args.host}:{server.port}/v1 (OpenAI-compatible); Ctrl-C stops",
-          file=sys.stderr, flush=True)
+    base = f"http://{args.host}:{server.port}"
+    page = "" if args.no_web else f"; chat page at {base}/"
+    print(f"serving {', '.join(models)} at {base}/v1 (OpenAI-compatible){page}; Ctrl-C stops", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         server.serve_forever()

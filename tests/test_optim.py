@@ -77,3 +77,17 @@ def test_loss_falls_with_muon(demo, tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "runs" / "pretrain_64" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, [r["loss"] for r in rows]
+
+
+def test_time_to_loss_interpolates_the_curves():
+    from scripts.time_to_loss import bpb_at, step_seconds, time_to_reach
+
+    curve = [{"step": 10, "train_s": 10.0, "val_bpb": 3.0}, {"step": 20, "train_s": 20.0, "val_bpb": 2.0},
+             {"step": 30, "train_s": 30.0, "val_bpb": 1.5}]
+    assert time_to_reach(curve, 2.5) == pytest.approx(15.0)
+    assert time_to_reach(curve, 3.5) == 10.0  # already below at the first evaluation
+    assert time_to_reach(curve, 1.0) is None
+    assert bpb_at(curve, 25.0) == pytest.approx(1.75)
+    assert bpb_at(curve, 40.0) is None
+    rows = [{"loss": 1.0, "train_s": t} for t in (5.0, 6.0, 7.0, 8.0, 8.5, 9.5, 10.5)]  # slow first steps skipped
+    assert step_seconds(rows) == pytest.approx(1.0)

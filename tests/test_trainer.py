@@ -34,9 +34,18 @@ def metrics(out, name):
     return [json.loads(l) for l in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
 
 
-def cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kw)
+def cli(*args, env=None, timeout=600):
+    """Run a command in its own process group; on timeout the whole group (torchrun's workers too) is killed."""
+    cmd = [sys.executable, *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_learning_rate_schedule():
@@ -205,3 +214,17 @@ def test_compile_flag_trains_like_eager(demo, tmp_path):
     assert len(eager) == len(compiled) == 3
     for a, b in zip(eager, compiled):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_validation_during_training_logs_loss_bpb_and_training_time(demo, tmp_path):
+    run(PRETRAIN, [*TINY, "--data_path", demo["pretrain"], "--out_dir", tmp_path, "--batch_size", "8",
+                   "--accumulation_steps", "1", "--learning_rate", "3e-3", "--max_steps", "12", "--epochs", "3", "--log_interval", "3",
+                   "--save_interval", "0", "--eval_data", demo["pretrain"], "--eval_interval", "4", "--eval_rows", "4",
+                   "--cache_dir", tmp_path / "cache"])
+    rows = metrics(tmp_path, "pretrain_64")
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val] == [4, 8, 12]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert all(r["val_bpb"] > 0 for r in val)
+    clock = [r["train_s"] for r in rows]
+    assert clock == sorted(clock) and clock[-1] <= rows[-1]["elapsed_s"]

@@ -5,7 +5,7 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from .args import parse_args
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import RunLogger
 from .modelio import StageError, build_or_load_model, load_tokenizer
+from .evaluation import score_file
 from .optim import build_optimizer
 from .precision import autocast_dtype
 
@@ -121,10 +122,24 @@ def train(stage, args, info):
             shutil.rmtree(old, ignore_errors=True)
         (ckpt_dir / "latest").unlink(missing_ok=True)
 
+    clock = TrainingClock(progress.get("train_s", 0.0))
+
     def checkpoint():
-        if info.is_main:
-            save_checkpoint(ckpt_dir, model, optimizer, scaler, {**progress, "args": vars(args)})
-        distributed.barrier(info)
+        train_s = clock.seconds()
+        with clock.paused():
+            if info.is_main:
+                save_checkpoint(ckpt_dir, model, optimizer, scaler, {**progress, "train_s": train_s, "args": vars(args)})
+            distributed.barrier(info)
+
+    def validate():
+        train_s = clock.seconds()
+        with clock.paused():
+            if info.is_main:
+                with autocast():
+                    score = score_file(model, tokenizer, args.eval_data, "auto", args.max_seq_len,
+                                       args.batch_size, limit=args.eval_rows, cache_dir=args.cache_dir)
+                log.log(step, {"val_loss": score.loss, "val_bpb": score.bits_per_byte, "train_s": train_s})
+            distributed.barrier(info)
 
     window = {"items": 0.0, "tokens": 0, "start": None, "sums": {}}
     nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
@@ -179,9 +194,11 @@ def train(stage, args, info):
                 log.step()
                 last = step == total_steps
                 if step % args.log_interval == 0 or last:
-                    _log_window(log, window, step, epoch, lr, grad_norm, info)
+                    _log_window(log, window, step, epoch, lr, grad_norm, info, clock.seconds())
                     if bool(nonfinite):
                         raise NonFiniteLoss(_nonfinite_message(step, ckpt_dir))
+                if args.eval_data and (last or (args.eval_interval and step % args.eval_interval == 0)):
+                    validate()
                 if args.save_interval and step % args.save_interval == 0 and not last:
                     if bool(nonfinite):
                         raise NonFiniteLoss(_nonfinite_message(step, ckpt_dir))
@@ -198,7 +215,7 @@ def train(stage, args, info):
         log.close()
 
 
-def _log_window(log, window, step, epoch, lr, grad_norm, info):
+def _log_window(log, window, step, epoch, lr, grad_norm, info, train_s):
     """Average the window's sums over its items (across ranks) and log them; one host sync per log step."""
     keys = sorted(window["sums"])
     values = torch.stack([torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device) for k in keys])
@@ -207,9 +224,28 @@ def _log_window(log, window, step, epoch, lr, grad_norm, info):
     items, tokens = totals[-2], totals[-1]
     elapsed = max(time.time() - window["start"], 1e-9)
     record = {k: v / max(items, 1.0) for k, v in zip(keys, totals[:-2])}
-    record.update({"epoch": epoch, "lr": lr, "grad_norm": float(grad_norm), "tok/s": tokens / elapsed})
+    record.update({"epoch": epoch, "lr": lr, "grad_norm": float(grad_norm), "tok/s": tokens / elapsed, "train_s": train_s})
     log.log(step, record)
     window.update(items=0.0, tokens=0, sums={}, start=time.time())
+
+
+class TrainingClock:
+    """Seconds spent training, without validation and checkpoint writing (time-to-quality figures use it);
+    carried across --resume."""
+
+    def __init__(self, already: float = 0.0):
+        self.start, self.pause_total = time.time() - already, 0.0
+
+    def seconds(self) -> float:
+        return time.time() - self.start - self.pause_total
+
+    @contextmanager
+    def paused(self):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.pause_total += time.time() - t
 
 
 def _nonfinite_message(step, ckpt_dir):

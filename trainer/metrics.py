@@ -76,7 +76,11 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str | None = None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="." if len(rows) < 50 else None)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="." if len(rows) < 50 else None, label="training")
+    val = [r for r in read_metrics(metrics_path) if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], marker="o", label="validation")
+        ax.legend()
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title(title or metrics_path.parent.name)

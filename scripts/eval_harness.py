@@ -1,0 +1,222 @@
+"""Benchmark a trained model with lm-evaluation-harness (`pip install -r requirements-eval.txt`).
+
+  python scripts/eval_harness.py --model_path out/full_sft_512                         # the project's local task
+  python scripts/eval_harness.py --model_mode 1 --lora_name lora_identity --tasks minimind_world
+  python scripts/eval_harness.py --model_path out/full_sft_512 --tasks ceval-valid,cmmlu --num_fewshot 5 --online
+
+The model is loaded through lm-eval's own `hf` model type (AutoModelForCausalLM); this wrapper imports the
+project's `model` package first, which registers MiniMind with the Auto classes, resolves --model_mode /
+--lora_name like eval_model.py, and hands a LoRA adapter to lm-eval as `peft=`. A model exported with
+`scripts/convert_model.py export-llama` is a plain Llama folder that lm-eval's own command line loads directly.
+
+Local tasks: benchmark data normally comes from the Hugging Face hub. This wrapper runs offline unless --online
+(HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1): tasks then read local files or the datasets cache. The project ships
+one local task, `minimind_world`: multiple-choice sentence completions about the demo world (capitals, colours,
+small sums; English and Chinese), written by this script to --task_dir as a jsonl of items plus the YAML task
+that points at it (dataset_path json). --include_path adds folders of your own task YAML files (e.g. a C-Eval or
+CMMLU copy whose dataset_path points at a local folder).
+"""
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and "--online" not in sys.argv[1:]:
+    # before any Hugging Face library is imported: they read these once
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+
+from scripts.chat_common import (TOKENIZER_DIR, ModelNotFound, add_model_arguments,  # noqa: E402
+                                 modes_table, pick_device, pick_dtype, quiet_libraries, resolve_lora_path,
+                                 resolve_model_path)
+from scripts.eval_ppl import HelpFormatter  # noqa: E402
+from scripts.make_demo_data import CAPITALS, COLOURS, NUMBER_WORDS  # noqa: E402
+
+TASK_NAME = "minimind_world"
+TASK_VERSION = 1.0
+
+
+# ---------------------------------------------------------------- the project's local task
+
+def _options(rng, right, pool, n=4):
+    """(choices, index of the right one): `right` and n-1 other members of pool, shuffled."""
+    choices = [right, *rng.sample([p for p in pool if p != right], n - 1)]
+    rng.shuffle(choices)
+    return choices, choices.index(right)
+
+
+def world_items(seed: int = 0) -> list[dict]:
+    """Multiple-choice completions about the demo world: {"id", "context", "choices", "answer" (index)}. A choice
+    carries its own leading space where the language needs one, so the task's target delimiter is empty."""
+    rng = random.Random(seed)
+    items = []
+
+    def add(context, right, pool):
+        choices, answer = _options(rng, right, pool)
+        items.append({"id": len(items), "context": context, "choices": choices, "answer": answer})
+
+    cities = [c[1] for c in CAPITALS]
+    cities_zh = [c[3] for c in CAPITALS]
+    for country, city, country_zh, city_zh in CAPITALS:
+        add(f"The capital of {country} is", f" {city}", [f" {c}" for c in cities])
+        add(f"{country_zh}的首都是", city_zh, cities_zh)
+    colours = sorted({c[1] for c in COLOURS})
+    colours_zh = sorted({c[3] for c in COLOURS})
+    for thing, colour, thing_zh, colour_zh in COLOURS:
+        add(f"{thing[0].upper() + thing[1:]} is", f" {colour}", [f" {c}" for c in colours])
+        add(f"{thing_zh}是", f"{colour_zh}的", [f"{c}的" for c in colours_zh])
+    pairs = rng.sample([(a, b) for a in range(10) for b in range(10)], 20)
+    for a, b in pairs:
+        add(f"{NUMBER_WORDS[a].capitalize()} plus {NUMBER_WORDS[b]} is", f" {NUMBER_WORDS[a + b]}",
+            [f" {w}" for w in NUMBER_WORDS])
+    return items
+
+
+def write_task(task_dir) -> Path:
+    """Write minimind_world.jsonl and minimind_world.yaml into task_dir (the YAML holds the jsonl's absolute
+    path, so the folder works as an lm-eval --include_path from anywhere); returns the YAML path."""
+    import yaml
+
+    task_dir = Path(task_dir).resolve()
+    task_dir.mkdir(parents=True, exist_ok=True)
+    data = task_dir / f"{TASK_NAME}.jsonl"
+    data.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in world_items()), encoding="utf-8")
+    config = {
+        "task": TASK_NAME,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",  # a field name: lm-eval reads the field
+        "doc_to_choice": "choices",
+        "doc_to_target": "answer",
+        "target_delimiter": "",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": TASK_VERSION},
+    }
+    path = task_dir / f"{TASK_NAME}.yaml"
+    path.write_text("# Written by scripts/eval_harness.py: the project's offline multiple-choice task.\n"
+                    + yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- running lm-eval
+
+def model_arguments(model_path: Path, lora_path: Path | None, dtype: str) -> dict:
+    """lm-eval `hf` model_args for a model folder (+ adapter)."""
+    args = {"pretrained": str(model_path), "backend": "causal", "dtype": dtype}
+    if not (model_path / "tokenizer.json").exists() and not (model_path / "tokenizer_config.json").exists():
+        args["tokenizer"] = str(TOKENIZER_DIR)
+    if lora_path is not None:
+        args["peft"] = str(lora_path)
+    return args
+
+
+def task_manager(tasks: list[str], include_paths: list):
+    """A TaskManager over the include paths only when they hold every requested task (indexing lm-eval's
+    thousands of built-in tasks takes seconds), else over the built-ins too."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=[str(p) for p in include_paths], include_defaults=False)
+    if all(manager.match_tasks([t]) for t in tasks):
+        return manager
+    return TaskManager(include_path=[str(p) for p in include_paths])
+
+
+def run_harness(model_path, lora_path, tasks, include_paths, device="cpu", dtype="float32", batch_size=8,
+                num_fewshot=None, limit=None, apply_chat_template=False, seed=0) -> dict:
+    import lm_eval
+
+    import model  # noqa: F401  registers MiniMind with AutoConfig / AutoModelForCausalLM
+
+    manager = task_manager(tasks, include_paths)
+    unknown = [t for t in tasks if not manager.match_tasks([t])]
+    if unknown:
+        raise ModelNotFound(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (not in lm-eval's "
+                            f"tasks or the --include_path folders)")
+    return lm_eval.simple_evaluate(
+        model="hf", model_args=model_arguments(Path(model_path), lora_path, dtype), tasks=tasks,
+        num_fewshot=num_fewshot, batch_size=batch_size, device=device, limit=limit, task_manager=manager,
+        apply_chat_template=apply_chat_template, log_samples=False, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, epilog=modes_table(), formatter_class=HelpFormatter)
+    add_model_arguments(p)
+    g = p.add_argument_group("tasks")
+    g.add_argument("--tasks", default=TASK_NAME,
+                   help="comma-separated lm-eval task or group names (e.g. minimind_world, ceval-valid, cmmlu)")
+    g.add_argument("--task_dir", default="out/eval_tasks", help=f"where the local task {TASK_NAME} (yaml + jsonl) is written")
+    g.add_argument("--include_path", action="append", default=[], metavar="DIR",
+                   help="a folder of extra task YAML files (repeatable)")
+    g.add_argument("--write_task", action="store_true", help=f"only write the local task {TASK_NAME} to --task_dir and exit")
+    g.add_argument("--online", action="store_true",
+                   help="allow downloads from the Hugging Face hub (default: offline, local files and cache only)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples per question (default: the task's)")
+    g.add_argument("--batch_size", default="8", help="batch size, or 'auto'")
+    g.add_argument("--limit", type=float, default=None, help="only the first N items per task (a fraction if < 1); for quick checks")
+    g.add_argument("--apply_chat_template", action="store_true", help="wrap each prompt in the model's chat template")
+    g.add_argument("--seed", type=int, default=0, help="seed for lm-eval's sampling of few-shot examples")
+    g.add_argument("--output", default=None, metavar="FILE", help="also write the results (metrics and task configs) as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    task_yaml = write_task(args.task_dir)
+    if args.write_task:
+        print(f"wrote {task_yaml} and {task_yaml.with_suffix('.jsonl')}")
+        return 0
+    try:
+        model_path = resolve_model_path(args.model_path, args.model_mode, args.out_dir, args.dim, args.use_moe)
+        lora_path = resolve_lora_path(args.lora_name, args.out_dir, args.dim, args.use_moe)
+        for folder in args.include_path:
+            if not Path(folder).is_dir():
+                raise ModelNotFound(f"{folder} not found (--include_path takes a folder of lm-eval task YAML files)")
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise ModelNotFound("lm-eval is not installed — install it with: pip install -r requirements-eval.txt") from None
+        device = pick_device(args.device)
+        dtype = str(pick_dtype(args.dtype, device)).removeprefix("torch.")
+        quiet_libraries()
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+        batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+        results = run_harness(model_path, lora_path, tasks, [task_yaml.parent, *args.include_path], str(device),
+                              dtype, batch_size, args.num_fewshot, limit, args.apply_chat_template, args.seed)
+    except ModelNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from lm_eval.utils import make_table
+
+    print(f"model: {model_path}" + (f" + LoRA {lora_path}" if lora_path else ""))
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        keep = {k: results[k] for k in ("results", "groups", "group_subtasks", "configs", "versions", "n-shot",
+                                        "higher_is_better", "n-samples") if k in results}
+        keep["model"] = {"path": str(model_path), "lora": str(lora_path) if lora_path else None, "device": str(device),
+                         "dtype": dtype}
+        out.write_text(json.dumps(keep, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+        print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

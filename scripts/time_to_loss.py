@@ -1,0 +1,182 @@
+"""Time to quality: validation bits per byte against optimizer steps and training wall-clock, for MiniMind's way of
+pretraining (one padded document per row, AdamW, fp32) and ours (packing, bf16 autocast where the hardware has it,
+AdamW or Muon), each for the same wall-clock budget.
+
+    python scripts/time_to_loss.py                                   # small preset on ../shared/data/pretrain.jsonl
+    python scripts/time_to_loss.py --minutes 20 --device cuda        # a longer budget on a GPU
+
+Every run is a real `train_pretrain.py` process. A short probe run measures each recipe's step time first, so each
+run's step budget (and so its whole cosine schedule) fits the wall-clock budget. Validation is a held-out split of the
+data file (every --val_every-th document) scored with `--eval_data`; its time is not counted as training time.
+Writes OUT_DIR/time_to_loss.md (table), time_to_loss.png (curves) and time_to_loss.json.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainer.metrics import read_metrics  # noqa: E402
+
+RECIPES = {  # name -> (description, extra train_pretrain.py flags)
+    "minimind": ("MiniMind's way: padded rows, AdamW, fp32", ["--no_packing", "--dtype", "float32", "--optimizer", "adamw"]),
+    "packed_adamw": ("packing, auto precision, AdamW", ["--dtype", "auto", "--optimizer", "adamw"]),
+    "packed_muon": ("packing, auto precision, Muon + AdamW", ["--dtype", "auto", "--optimizer", "muon"]),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pretrain.jsonl",
+                   help="pretraining jsonl ({\"text\": ...}); a validation split is taken from it (default: the data kit's)")
+    p.add_argument("--config", default="small", help="model preset (configs/NAME.yaml)")
+    p.add_argument("--minutes", type=float, default=6.0, help="training wall-clock budget per recipe")
+    p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of {', '.join(RECIPES)}")
+    p.add_argument("--max_seq_len", type=int, default=512, help="positions per row")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per optimizer step (the same for every recipe)")
+    p.add_argument("--learning_rate", type=float, default=5e-4, help="AdamW peak learning rate (MiniMind's pretrain default)")
+    p.add_argument("--muon_lr", type=float, default=0.02, help="Muon peak learning rate for the packed_muon recipe")
+    p.add_argument("--val_every", type=int, default=50, help="every N-th document goes to the validation split")
+    p.add_argument("--eval_rows", type=int, default=32, help="validation rows (packed, max_seq_len each) per evaluation")
+    p.add_argument("--evals", type=int, default=8, help="validations per run, evenly spaced in steps")
+    p.add_argument("--probe_steps", type=int, default=12, help="steps of the probe run that measures step time")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs (default: torch's choice)")
+    p.add_argument("--out_dir", type=Path, default=ROOT / "out" / "time_to_loss", help="runs, table and plot go here")
+    args = p.parse_args(argv)
+    args.recipes = [r for r in args.recipes.split(",") if r]
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown:
+        p.error(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    if not args.data.exists():
+        p.error(f"--data {args.data} not found (the data kit lives in ../shared/data; any pretrain jsonl works)")
+    return args
+
+
+def split(data: Path, out: Path, every: int) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = out / "train.jsonl", out / "val.jsonl"
+    lines = [l for l in data.read_text(encoding="utf-8").splitlines() if l.strip()]
+    val.write_text("\n".join(lines[::every]) + "\n", encoding="utf-8")
+    train.write_text("\n".join(l for i, l in enumerate(lines) if i % every) + "\n", encoding="utf-8")
+    return train, val
+
+
+def train(args, recipe, train_path, val_path, out, max_steps, eval_interval) -> list[dict]:
+    cmd = [sys.executable, str(ROOT / "train_pretrain.py"), "--config", args.config, "--data_path", str(train_path),
+           "--max_seq_len", str(args.max_seq_len), "--batch_size", str(args.batch_size), "--accumulation_steps", "1",
+           "--learning_rate", str(args.learning_rate), "--muon_lr", str(args.muon_lr), "--max_steps", str(max_steps),
+           "--epochs", "100", "--device", args.device, "--out_dir", str(out), "--save_name", recipe,
+           "--save_interval", "0", "--log_interval", "1", "--quiet", "--cache_dir", str(args.out_dir / "cache"),
+           *RECIPES[recipe][1]]
+    if eval_interval:
+        cmd += ["--eval_data", str(val_path), "--eval_interval", str(eval_interval), "--eval_rows", str(args.eval_rows)]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"time_to_loss: {recipe} failed:\n{res.stderr[-3000:]}")
+    return read_metrics(out / "runs" / recipe / "metrics.jsonl")
+
+
+def step_seconds(rows: list[dict], skip: int = 3) -> float:
+    """Median seconds per step of a probe run, leaving out the first `skip` steps (warm-up)."""
+    clock = [r["train_s"] for r in rows if "loss" in r]
+    gaps = sorted(b - a for a, b in zip(clock[skip:], clock[skip + 1:]))
+    if not gaps:
+        sys.exit(f"time_to_loss: the probe run logged {len(clock)} steps; raise --probe_steps")
+    return gaps[len(gaps) // 2]
+
+
+def time_to_reach(curve: list[dict], target: float) -> float | None:
+    """Training seconds at which the validation bpb first reaches `target` (linear between evaluations)."""
+    prev = None
+    for point in curve:
+        if point["val_bpb"] <= target:
+            if prev is None:
+                return point["train_s"]
+            frac = (prev["val_bpb"] - target) / (prev["val_bpb"] - point["val_bpb"])
+            return prev["train_s"] + frac * (point["train_s"] - prev["train_s"])
+        prev = point
+    return None
+
+
+def bpb_at(curve: list[dict], seconds: float) -> float | None:
+    """Validation bpb at `seconds` of training (linear between evaluations; None outside the curve)."""
+    for a, b in zip(curve, curve[1:]):
+        if a["train_s"] <= seconds <= b["train_s"]:
+            frac = (seconds - a["train_s"]) / max(1e-9, b["train_s"] - a["train_s"])
+            return a["val_bpb"] + frac * (b["val_bpb"] - a["val_bpb"])
+    return None
+
+
+def plot(results: dict, png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        curve = r["curve"]
+        by_step.plot([p["step"] for p in curve], [p["val_bpb"] for p in curve], marker="o", label=name)
+        by_time.plot([p["train_s"] / 60 for p in curve], [p["val_bpb"] for p in curve], marker="o", label=name)
+    by_step.set_xlabel("optimizer step")
+    by_time.set_xlabel("training wall-clock (min)")
+    for ax in (by_step, by_time):
+        ax.set_ylabel("validation bits per byte")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train_path, val_path = split(args.data, args.out_dir / "data", args.val_every)
+    budget = args.minutes * 60
+    results = {}
+    for recipe in args.recipes:
+        probe = train(args, recipe, train_path, val_path, args.out_dir / "probe", args.probe_steps, 0)
+        per_step = step_seconds(probe)
+        max_steps = max(2, int(budget / per_step))
+        interval = max(1, math.ceil(max_steps / args.evals))
+        print(f"{recipe}: {per_step:.2f} s/step -> {max_steps} steps in {args.minutes:g} min, validating every {interval}",
+              file=sys.stderr, flush=True)
+        rows = train(args, recipe, train_path, val_path, args.out_dir / "runs", max_steps, interval)
+        curve = [{"step": r["step"], "train_s": r["train_s"], "val_bpb": r["val_bpb"]} for r in rows if "val_bpb" in r]
+        tok_s = [r["tok/s"] for r in rows if "tok/s" in r]
+        results[recipe] = {"description": RECIPES[recipe][0], "steps": max_steps, "s_per_step": per_step,
+                           "tokens_per_s": sorted(tok_s)[len(tok_s) // 2] if tok_s else None, "curve": curve}
+
+    baseline = results.get("minimind")
+    target = baseline["curve"][-1]["val_bpb"] if baseline else None
+    base_time = baseline["curve"][-1]["train_s"] if baseline else None
+    lines = [f"# Time to quality: {args.config} preset, {args.data.name}, {args.minutes:g} min per recipe, "
+             f"seq {args.max_seq_len} x batch {args.batch_size}", "",
+             "| recipe | steps | s/step | tokens/s (incl. padding) | final val bpb | time to MiniMind's final bpb | bpb at MiniMind's wall-clock |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        final = r["curve"][-1]["val_bpb"]
+        reach = time_to_reach(r["curve"], target) if target else None
+        reach_txt = f"{reach / 60:.2f} min ({reach / base_time:.0%})" if reach is not None else "not reached"
+        same = bpb_at(r["curve"], base_time) if base_time else None
+        r.update(final_bpb=final, time_to_target_s=reach, bpb_at_baseline_time=same)
+        lines.append(f"| {name}: {r['description']} | {r['steps']} | {r['s_per_step']:.2f} | {r['tokens_per_s'] or 0:,.0f} "
+                     f"| {final:.4f} | {reach_txt} | {'-' if same is None else f'{same:.4f}'} |")
+    table = "\n".join(lines) + "\n"
+    (args.out_dir / "time_to_loss.md").write_text(table, encoding="utf-8")
+    (args.out_dir / "time_to_loss.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                                 "target_bpb": target, "results": results}, indent=1))
+    plot(results, args.out_dir / "time_to_loss.png")
+    print(table)
+    print(f"wrote {args.out_dir / 'time_to_loss.md'}, time_to_loss.png, time_to_loss.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""The evaluation tools: perplexity / bits per byte (scripts/eval_ppl.py, trainer/evaluation.py), the per-stage
+report (scripts/eval_report.py, and the demo pipeline's measurements built on it) and the lm-evaluation-harness
+wrapper with the project's offline task (scripts/eval_harness.py)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_config
+from model import MiniMindForCausalLM
+from scripts import eval_harness, eval_ppl, eval_report
+from scripts.make_demo_data import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT, make_demo_data
+from trainer import DPO_STAGE, FULL_SFT, LORA, PRETRAIN, REASON, run
+from trainer.evaluation import Score, score_file, token_byte_lengths
+from trainer.modelio import load_model, load_tokenizer
+
+TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
+SEQ = 128  # the tiny preset's max_seq_len
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a shared machine its spin-waits cost more
+    than the work (see tests/test_stages.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def save_tiny(folder, tok, seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = MiniMindForCausalLM(tiny_config(**overrides))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tok):
+    return save_tiny(tmp_path_factory.mktemp("models") / "full_sft_64", tok, initializer_range=0.1)
+
+
+@pytest.fixture(scope="module")
+def adapter(base, tmp_path_factory):
+    """A LoRA adapter for `base` whose update is not zero (a fresh adapter's B matrix is)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(load_model(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    folder = tmp_path_factory.mktemp("adapters") / "lora" / "lora_test_64"
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def merged(base, adapter):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(base), adapter).merge_and_unload().eval()
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run_main(main, argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- perplexity and bits per byte
+
+def test_uniform_logit_model_has_perplexity_equal_to_its_vocab_size(tmp_path, demo, tok, cache, capsys):
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(tie_word_embeddings=False))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: the uniform distribution over the vocabulary
+    model.save_pretrained(tmp_path / "uniform_64")
+    tok.save_pretrained(tmp_path / "uniform_64")
+    vocab = model.config.vocab_size
+    code, out, err = run_main(eval_ppl.main, [tmp_path / "uniform_64", "--data", demo["pretrain"], "--data", demo["sft"],
+                                              "--data", demo["dpo"], "--max_seq_len", SEQ, "--json", "--no_progress",
+                                              "--cache_dir", cache], capsys)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["kind"] for r in results] == ["pretrain", "sft", "dpo"]  # read from each file's first record
+    for r in results:
+        assert r["tokens"] > 100 and r["bytes"] > r["tokens"]
+        assert r["perplexity"] == pytest.approx(vocab, rel=1e-5)
+        assert r["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
+        assert r["bits_per_byte"] == pytest.approx(r["tokens"] * math.log2(vocab) / r["bytes"], rel=1e-6)
+
+
+def test_bits_per_byte_matches_a_hand_computation(tmp_path, base, tok, cache):
+    model = load_model(base).eval()
+    window = 16
+    texts = ["The capital of France is Paris.", "天空是蓝色的。雪是白色的，煤是黑色的。",
+             "mixed 𝔘nicode ✓ and a <think>tag</think>, then a much longer sentence that needs several windows."]
+    path = write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in texts])
+    nll = tokens = 0
+    with torch.no_grad():
+        for text in texts:
+            ids = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+            inputs, targets = ids[:-1], ids[1:]
+            for start in range(0, len(inputs), window):  # consecutive windows, each without earlier context
+                x, y = inputs[start:start + window], targets[start:start + window]
+                logp = torch.log_softmax(model(input_ids=torch.tensor([x])).logits[0].double(), dim=-1)
+                nll -= sum(logp[t, label].item() for t, label in enumerate(y))
+                tokens += len(y)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)  # the end-of-text targets add no bytes
+    score = score_file(model, tok, path, "auto", max_seq_len=window, batch_size=2, cache_dir=cache)
+    assert len(texts[2].encode("utf-8")) > 3 * window  # windows split it, some inside a multi-byte character
+    assert (score.tokens, score.bytes) == (tokens, n_bytes)
+    assert score.nll == pytest.approx(nll, rel=1e-5)
+    assert score.bits_per_byte == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-5)
+    assert score.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+
+
+def test_conversations_score_the_assistant_replies_and_their_bytes(tmp_path, base, tok, cache):
+    model = load_model(base).eval()
+    conversations = [
+        [("user", "What is 2 plus 2?"), ("assistant", "<think>\n2 + 2 = 4\n</think>\n<answer>\n4\n</answer>")],
+        [("user", "你好"), ("assistant", "你好！有什么可以帮你？"), ("user", "Who are you?"), ("assistant", "I am MiniMind.")],
+    ]
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"role": r, "content": c} for r, c in conv]}
+                                                 for conv in conversations])
+    nll = tokens = 0
+    with torch.no_grad():
+        for conv in conversations:  # ChatML by hand: only "reply<|im_end|>" carries loss
+            ids, scored = [], []
+            for role, content in conv:
+                if role == "user":
+                    parts = [(f"<|im_start|>user\n{content}<|im_end|>\n", False)]
+                else:
+                    parts = [("<|im_start|>assistant\n", False), (f"{content}<|im_end|>", True), ("\n", False)]
+                for text, loss in parts:
+                    piece = tok(text, add_special_tokens=False)["input_ids"]
+                    ids += piece
+                    scored += [loss] * len(piece)
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].double(), dim=-1)
+            for t in range(len(ids) - 1):
+                if scored[t + 1]:
+                    nll -= logp[t, ids[t + 1]].item()
+                    tokens += 1
+    n_bytes = sum(len(c.encode("utf-8")) for conv in conversations for r, c in conv if r == "assistant")
+    score = score_file(model, tok, path, "sft", max_seq_len=SEQ, cache_dir=cache)
+    assert (score.tokens, score.bytes) == (tokens, n_bytes)
+    assert score.nll == pytest.approx(nll, rel=1e-5)
+
+
+def test_token_byte_lengths(tok):
+    table = token_byte_lengths(tok)
+    assert len(table) == len(tok)
+    assert all(table[i] == 0 for i in tok.all_special_ids)
+    assert table[tok.convert_tokens_to_ids("<think>")] == len("<think>")
+    for text in ["plain ascii", "中文和 emoji 🙂", "\n\t  spaces"]:
+        assert int(table[tok(text, add_special_tokens=False)["input_ids"]].sum()) == len(text.encode("utf-8"))
+
+
+def test_score_ratios():
+    s = Score(nll=10 * math.log(4), tokens=10, bytes=20, samples=2)
+    assert s.perplexity == pytest.approx(4) and s.bits_per_byte == pytest.approx(1.0)
+    assert math.isnan(Score(0.0, 0, 0, 0).perplexity)
+
+
+def test_eval_ppl_table_json_and_adapters(demo, base, adapter, cache, capsys):
+    argv = [base, adapter, "--data", demo["sft"], "--max_seq_len", SEQ, "--no_progress", "--cache_dir", cache]
+    code, out, err = run_main(eval_ppl.main, [*argv, "--json"], capsys)
+    assert code == 0, err
+    plain, adapted = json.loads(out)
+    assert (plain["model"], adapted["model"]) == ("full_sft_64", "full_sft_64+lora_test_64")
+    assert adapted["adapter"] == str(adapter) and adapted["model_path"] == str(base)  # base read from the adapter
+    expected = score_file(merged(base, adapter), load_tokenizer(base), demo["sft"], "sft", SEQ, cache_dir=cache)
+    assert adapted["perplexity"] == pytest.approx(expected.perplexity, rel=1e-5)
+    assert abs(adapted["loss"] - plain["loss"]) > 1e-3
+    assert (adapted["tokens"], adapted["bytes"]) == (plain["tokens"], plain["bytes"])
+
+    code, out, _ = run_main(eval_ppl.main, argv, capsys)
+    header, _, *rows = out.strip().splitlines()
+    assert code == 0 and header.split() == ["model", "data", "kind", "tokens", "bytes", "loss", "ppl", "bpb"]
+    assert [r.split()[0] for r in rows] == ["full_sft_64", "full_sft_64+lora_test_64"]
+    assert rows[0].split()[6] == f"{plain['perplexity']:.3f}"
+
+
+@pytest.mark.parametrize("model, data, expected", [
+    ("out_x/rlhf_64", "DATA", ["out_x/rlhf_64 not found", "python train_dpo.py"]),
+    ("out_x/lora/lora_medical_64", "DATA", ["out_x/lora/lora_medical_64 not found",
+                                            "python train_lora.py --lora_name lora_medical"]),
+    ("BASE", "missing.jsonl", ["missing.jsonl not found", "scripts/make_demo_data.py"]),
+])
+def test_eval_ppl_missing_inputs_are_one_line_errors(tmp_path, demo, base, capsys, model, data, expected):
+    model = str(base) if model == "BASE" else str(tmp_path / model)
+    data = str(demo["sft"]) if data == "DATA" else str(tmp_path / data)
+    code, out, err = run_main(eval_ppl.main, [model, "--data", data, "--no_progress"], capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and all(e in err for e in expected), err
+
+
+@pytest.mark.parametrize("module", [eval_ppl, eval_report, eval_harness])
+def test_every_flag_is_explained(module):
+    parser = module.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings or action.dest
+    if module is eval_ppl:
+        text = " ".join(parser.format_help().split())
+        assert "UTF-8 bytes of the scored text" in text and "count 0 bytes" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_and_cuda_give_the_same_numbers(demo, base, cache):
+    tok = load_tokenizer(base)
+    cpu = score_file(load_model(base), tok, demo["sft"], "sft", SEQ, cache_dir=cache)
+    gpu = score_file(load_model(base).cuda(), tok, demo["sft"], "sft", SEQ, cache_dir=cache)
+    assert (gpu.tokens, gpu.bytes) == (cpu.tokens, cpu.bytes)
+    assert gpu.nll == pytest.approx(cpu.nll, rel=1e-4)
+
+
+# ---------------------------------------------------------------- the per-stage report on a tiny pipeline
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, demo, cache):
+    """pretrain → full_sft → LoRA identity → DPO → reason on the tiny preset, a few steps each, as
+    scripts/demo_pipeline.py runs them (its stage settings, fewer steps), plus the demo world's held-out files."""
+    out = tmp_path_factory.mktemp("pipeline")
+    common = [*TINY, "--out_dir", out, "--cache_dir", cache, "--save_interval", "0", "--max_steps", "10"]
+    for stage, data, flags in [
+        (PRETRAIN, demo["pretrain"], ["--learning_rate", "3e-3", "--batch_size", "16"]),
+        (FULL_SFT, demo["sft"], ["--learning_rate", "2e-3", "--batch_size", "16"]),
+        (LORA, demo["lora_identity"], ["--learning_rate", "1e-2", "--batch_size", "8", "--lora_rank", "8"]),
+        (DPO_STAGE, demo["dpo"], ["--learning_rate", "2e-4", "--batch_size", "8"]),
+        (REASON, demo["reason"], ["--learning_rate", "2e-3", "--batch_size", "16"]),
+    ]:
+        run(stage, [*common, "--data_path", data, *flags])
+    heldout = eval_report.write_demo_heldout(out / "heldout")
+    return out, heldout
+
+
+def test_report_on_the_tiny_pipeline(pipeline, tok, cache, capsys):
+    out, heldout = pipeline
+    code, stdout, err = run_main(eval_report.main, ["--out_dir", out, "--device", "cpu", "--cache_dir", cache,
+                                                    "--no_progress", "--samples", "2", "--max_new_tokens", "24"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "eval" / "report.json").read_text(encoding="utf-8"))
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["pretrain", "full_sft", "full_sft + lora_identity", "rlhf", "reason"]
+    assert report["dim"] == 64 and report["settings"]["max_seq_len"] == SEQ  # from the runs' args.json
+    markdown = (out / "eval" / "report.md").read_text(encoding="utf-8")
+    assert markdown.strip() in stdout
+    for name, row in rows.items():
+        assert f"| {name} |" in markdown
+        m = row["metrics"]
+        assert {"text_ppl", "text_bpb", "chat_ppl", "chat_bpb", "pref_acc"} <= set(m)
+        assert ("dpo_reward_acc" in m) == (name == "rlhf")
+        assert ({"well_formed", "identity"} <= set(m)) == (name != "pretrain")
+        assert 1 < m["text_ppl"] < 6400 and 1 < m["chat_ppl"] < 6400
+        if name != "pretrain":
+            answers = row["details"]["identity_answers"]
+            assert [p for p, _ in answers] == IDENTITY_HELD_OUT
+            assert m["identity"] == sum("MiniMind" in a for _, a in answers) / len(answers)
+            assert len(row["details"]["reason_replies"]) == 2 * len(REASON_HELD_OUT)
+    # what training bought, robust after a few steps: pretraining beats the uniform guess, SFT the chat tokens
+    assert rows["pretrain"]["metrics"]["text_ppl"] < 0.85 * 6400
+    assert rows["full_sft"]["metrics"]["chat_ppl"] < 0.7 * rows["pretrain"]["metrics"]["chat_ppl"]
+    bought = {(b["model"], b["measure"]): b for b in report["bought"]}
+    assert bought["pretrain", "text_ppl"]["before"] == 6400 and bought["pretrain", "text_ppl"]["before_model"] == "uniform guess"
+    assert bought["full_sft", "chat_ppl"]["before"] == rows["pretrain"]["metrics"]["chat_ppl"]
+    assert bought["reason", "well_formed"]["before"] == rows["rlhf"]["metrics"]["well_formed"]
+    png = (out / "eval" / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+    # the DPO stage's own accuracy statistic (its reference = the SFT model) agrees with the implicit-reward figure
+    from dataset import DPOCollator, build_dataset
+    from trainer.args import parse_args
+    from trainer.distributed import DistInfo
+    from trainer.stages import DPO
+
+    stage = DPO()
+    args = parse_args(stage, [*TINY])
+    stage.setup(args, load_model(out / "full_sft_64"), tok, DistInfo())
+    pairs = build_dataset("dpo", heldout["dpo"], tok, SEQ, cache_dir=cache)
+    batch = DPOCollator(tok.pad_token_id, SEQ)([pairs[i] for i in range(len(pairs))])
+    with torch.no_grad():
+        _, sums = stage.loss(load_model(out / "rlhf_64").eval(), batch, args)
+    assert rows["rlhf"]["metrics"]["dpo_reward_acc"] == pytest.approx(sums["accuracy"].item() / batch["num_items"])
+
+    # the same chat perplexity from eval_ppl
+    code, stdout, err = run_main(eval_ppl.main, [out / "full_sft_64", "--data", heldout["chat"], "--max_seq_len", SEQ,
+                                                 "--json", "--no_progress", "--cache_dir", cache], capsys)
+    assert json.loads(stdout)[0]["perplexity"] == pytest.approx(rows["full_sft"]["metrics"]["chat_ppl"], rel=1e-9)
+
+
+def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
+    from types import SimpleNamespace
+
+    from scripts import demo_pipeline
+
+    out, heldout = pipeline
+    report, evaluation = demo_pipeline.measure(SimpleNamespace(seed=42), out, 64, heldout, "lora_identity", SEQ)
+    rows = {r["name"]: r["metrics"] for r in evaluation["rows"]}
+    assert report["dpo"]["before"] == rows["full_sft"]["pref_acc"] and report["dpo"]["after"] == rows["rlhf"]["pref_acc"]
+    assert report["dpo"]["reward_accuracy"] == rows["rlhf"]["dpo_reward_acc"]
+    assert report["reason"]["before"] == rows["rlhf"]["well_formed"] and report["reason"]["after"] == rows["reason"]["well_formed"]
+    assert report["identity"]["lora_share"] == rows["full_sft + lora_identity"]["identity"]
+    assert [p for p, _ in report["identity"]["lora"]] == IDENTITY_HELD_OUT
+    assert set(report["chats"]) == {"pretrain", "full_sft", "rlhf", "reason"}
+    demo_pipeline.print_report({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64)
+    assert "implicit-reward accuracy" in capsys.readouterr().out
+
+
+def test_report_without_models_or_data_names_the_command(tmp_path, pipeline, capsys):
+    code, out, err = run_main(eval_report.main, ["--out_dir", tmp_path / "nothing", "--heldout_dir", pipeline[1]["text"].parent],
+                              capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "nothing" in err and "python scripts/demo_pipeline.py" in err
+    code, out, err = run_main(eval_report.main, ["--out_dir", pipeline[0], "--heldout_dir", tmp_path / "none"], capsys)
+    assert code == 2 and "--write_demo_heldout" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- lm-evaluation-harness
+
+def test_local_task_items_are_well_formed():
+    items = eval_harness.world_items()
+    assert len(items) == 60 and items == eval_harness.world_items()  # deterministic
+    for item in items:
+        assert len(item["choices"]) == 4 == len(set(item["choices"]))
+        assert 0 <= item["answer"] < 4
+    answers = {item["context"]: item["choices"][item["answer"]] for item in items}
+    assert answers["The capital of France is"] == " Paris" and answers["法国的首都是"] == "巴黎"
+    assert answers["The sky is"] == " blue" and answers["雪是"] == "白色的"
+    sums = [(c.split(), a) for c, a in answers.items() if " plus " in c]
+    assert len(sums) == 20
+    for (a, _, b, _), answer in sums:
+        assert answer == " " + NUMBER_WORDS[NUMBER_WORDS.index(a.lower()) + NUMBER_WORDS.index(b)]
+
+
+@torch.no_grad()
+def hand_accuracy(model, tok, items) -> float:
+    """lm-eval's multiple-choice accuracy computed directly: the choice with the highest log-likelihood of its
+    tokens, encoded as lm-eval does (the whole context+choice string, minus the context's tokens)."""
+    right = 0
+    for item in items:
+        context_ids = tok(item["context"], add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in item["choices"]:
+            whole = tok(item["context"] + choice, add_special_tokens=False)["input_ids"]
+            continuation = whole[len(context_ids):]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0].double(), dim=-1)
+            start = len(whole) - 1 - len(continuation)
+            scores.append(sum(logp[start + k, t].item() for k, t in enumerate(continuation)))
+        right += max(range(len(scores)), key=scores.__getitem__) == item["answer"]
+    return right / len(items)
+
+
+def test_harness_runs_the_local_task_offline_on_a_lora_model(tmp_path, base, adapter):
+    pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -r requirements-eval.txt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))}
+    env.update(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"))  # an empty cache: nothing downloaded before
+    result = subprocess.run(
+        [sys.executable, "scripts/eval_harness.py", "--model_path", str(base), "--lora_name", str(adapter),
+         "--task_dir", str(tmp_path / "tasks"), "--device", "cpu", "--output", str(tmp_path / "results.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "minimind_world" in result.stdout and "acc" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert results["n-samples"]["minimind_world"]["effective"] == 60
+    assert results["model"]["lora"] == str(adapter)
+    acc = results["results"]["minimind_world"]["acc,none"]
+    items = [json.loads(l) for l in (tmp_path / "tasks" / "minimind_world.jsonl").read_text(encoding="utf-8").splitlines()]
+    with_adapter = hand_accuracy(merged(base, adapter), load_tokenizer(base), items)
+    assert acc == pytest.approx(with_adapter, abs=1e-9)
+    assert with_adapter != hand_accuracy(load_model(base).eval(), load_tokenizer(base), items)  # the adapter counted
+
+
+def test_harness_errors_are_one_line(tmp_path, capsys):
+    code, out, err = run_main(eval_harness.main, ["--model_path", tmp_path / "nope", "--task_dir", tmp_path / "t"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err
+    code, out, err = run_main(eval_harness.main, ["--model_mode", "2", "--out_dir", tmp_path, "--dim", "64",
+                                                  "--task_dir", tmp_path / "t"], capsys)
+    assert code == 2 and "python train_dpo.py" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run_main(eval_harness.main, ["--write_task", "--task_dir", tmp_path / "t"], capsys)
+    assert code == 0 and (tmp_path / "t" / "minimind_world.yaml").exists()

@@ -7,8 +7,8 @@ Measures, for one preset/shape, device, dtype and thread count:
               achieved FLOP/s as a share of the measured matmul peak (and, on CUDA, MFU against the card's
               nominal dense bf16 peak); peak memory of a steady-state step
   generation  KV-cached greedy decoding tokens/s at batch 1 and 8 (new tokens only), ours vs the baseline
-  packing     SFT useful-token throughput (non-padding, loss-bearing tokens/s) on real jsonl files, packed rows
-              vs one padded sample per row (MiniMind's layout), with the ceiling = unpacked positions/s
+  packing     useful-token throughput on real jsonl files, packed rows vs one padded sample per row (MiniMind's
+              layout): real (non-padding) and loss-bearing tokens/s, against the ceiling = unpacked positions/s
   loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
 
 FLOPs per trained token = 6·N + 12·L·T·d, with N the parameters that take part in a matmul (every Linear,
@@ -436,7 +436,9 @@ def load_tokenizer():
 
 
 def bench_packing(args, shape, device, dtype_name, tokenizer):
-    """Useful (loss-bearing) tokens/s of our model's training step, packed rows vs one padded sample per row."""
+    """Useful tokens/s of our model's training step, packed rows vs one padded sample per row, for two meanings of
+    useful: real (non-padding) tokens, and loss-bearing tokens (assistant tokens of a conversation). The ceiling of
+    each is the unpacked positions/s: every position useful."""
     from dataset import PackedBatchCollator, build_dataset
     dtype = DTYPES[dtype_name]
     kit = Path(args.sft_data).parent
@@ -461,12 +463,14 @@ def bench_packing(args, shape, device, dtype_name, tokenizer):
             rows = [[order[(i * args.batch_size + j) % len(order)] for j in range(args.batch_size)] for i in range(n)]
             batches = []
             for idx in rows:
-                batch = collate([ds[j] for j in idx])
+                samples = [ds[j] for j in idx]
+                batch = collate(samples)
+                batch["num_real"] = sum(len(sample["input_ids"]) for row in samples for sample in row)
                 batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
             # the whole file's share of loss-bearing positions in this layout (rows of max_seq_len positions)
             file_share = ds.stats.n_label_tokens / (len(ds) * max_len) if len(ds) else 0.0
             runs["packed" if packing else "unpacked"] = {"batches": batches, "rows": len(ds), "file_share": file_share}
-        stats = {name: {"time": 0.0, "useful": 0, "positions": 0} for name in runs}
+        stats = {name: {"time": 0.0, "useful": 0, "real": 0, "positions": 0} for name in runs}
         for i in range(n):
             layouts = ("packed", "unpacked") if i % 2 == 0 else ("unpacked", "packed")
             for name in layouts:
@@ -476,6 +480,7 @@ def bench_packing(args, shape, device, dtype_name, tokenizer):
                     s = stats[name]
                     s["time"] += t
                     s["useful"] += batch["num_items"]
+                    s["real"] += batch["num_real"]
                     s["positions"] += batch["input_ids"].numel()
         r = {"file": str(path), "kind": kind, "max_seq_len": max_len, "batch_size": args.batch_size,
              "dtype": dtype_name}
@@ -484,12 +489,16 @@ def bench_packing(args, shape, device, dtype_name, tokenizer):
                        "useful_tokens_per_s": round(s["useful"] / s["time"], 1),
                        "positions_per_s": round(s["positions"] / s["time"], 1),
                        "useful_share": round(s["useful"] / s["positions"], 4),
+                       "real_tokens_per_s": round(s["real"] / s["time"], 1),
+                       "real_share": round(s["real"] / s["positions"], 4),
                        "useful_share_file": round(runs[name]["file_share"], 4),
                        "mean_width": round(s["positions"] / args.pack_batches / args.batch_size, 1)}
-        ceiling = r["unpacked"]["useful_tokens_per_s"] / r["unpacked"]["useful_share"]
+        ceiling = r["unpacked"]["positions_per_s"]  # = unpacked useful rate / unpacked useful share
         r["ceiling_tokens_per_s"] = round(ceiling, 1)
-        r["packed_pct_of_ceiling"] = round(100 * r["packed"]["useful_tokens_per_s"] / ceiling, 1)
-        r["packed_speedup"] = round(r["packed"]["useful_tokens_per_s"] / r["unpacked"]["useful_tokens_per_s"], 3)
+        for key, prefix in (("useful", "packed"), ("real", "packed_real")):
+            rate = r["packed"][f"{key}_tokens_per_s"]
+            r[f"{prefix}_pct_of_ceiling"] = round(100 * rate / ceiling, 1)
+            r[f"{prefix}_speedup"] = round(rate / r["unpacked"][f"{key}_tokens_per_s"], 3)
         results.append(r)
     del stepper
     gc.collect()
@@ -605,20 +614,21 @@ def print_table(r):
             for b, v in g.items():
                 print(f"{dt:<9} {b[1:]:>5} {v['ours']:>9,.1f} {v['baseline']:>9,.1f} {v['ratio']:>8.3f}x")
     if r.get("packing"):
-        print("\nSFT useful-token throughput (loss-bearing tokens/s of our training step; "
-              "ceiling = unpacked positions/s)")
-        print(f"{'file':<16} {'len':>5} {'dtype':<9} {'layout':<9} {'rows':>6} {'width':>6} {'useful':>7} "
-              f"{'useful/s':>9} {'pos/s':>8}  {'ceiling':>8} {'% ceil':>7} {'speedup':>7}")
+        print("\nuseful-token throughput of our training step: real = non-padding tokens, loss = loss-bearing tokens;"
+              " ceiling = unpacked positions/s (every position useful)")
+        print(f"{'file':<16} {'len':>5} {'layout':<9} {'rows':>6} {'real':>6} {'real/s':>7} {'loss':>6} {'loss/s':>7} "
+              f"{'pos/s':>7} | {'ceiling':>7} {'real%ceil':>9} {'speedup':>7} {'loss%ceil':>9} {'speedup':>7}")
         for p in r["packing"]:
             for name in ("unpacked", "packed"):
                 m = p[name]
-                line = (f"{Path(p['file']).name:<16} {p['max_seq_len']:>5} {p['dtype']:<9} {name:<9} {m['rows']:>6} "
-                        f"{m['mean_width']:>6.0f} {pct(m['useful_share']):>7} {m['useful_tokens_per_s']:>9,.0f} "
-                        f"{m['positions_per_s']:>8,.0f}")
+                line = (f"{Path(p['file']).name:<16} {p['max_seq_len']:>5} {name:<9} {m['rows']:>6} "
+                        f"{pct(m['real_share']):>6} {m['real_tokens_per_s']:>7,.0f} {pct(m['useful_share']):>6} "
+                        f"{m['useful_tokens_per_s']:>7,.0f} {m['positions_per_s']:>7,.0f}")
                 if name == "packed":
-                    line += (f"  {p['ceiling_tokens_per_s']:>8,.0f} {p['packed_pct_of_ceiling']:>6.1f}% "
-                             f"{p['packed_speedup']:>6.2f}x")
+                    line += (f" | {p['ceiling_tokens_per_s']:>7,.0f} {p['packed_real_pct_of_ceiling']:>8.1f}% "
+                             f"{p['packed_real_speedup']:>6.2f}x {p['packed_pct_of_ceiling']:>8.1f}% {p['packed_speedup']:>6.2f}x")
                 print(line)
+            print(f"{'':<16} ({p['dtype']})")
     for note in r.get("notes", []):
         print(f"note: {note}")
 

@@ -26,7 +26,12 @@ class ModelNotFound(Exception):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the description's layout and shows every flag's default."""
+    """--help keeps the description's layout and shows each flag's default (not "None"/"False": the help says it)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def str2bool(value) -> bool:

@@ -142,7 +142,7 @@ def print_report(report, times, out: Path, dim: int):
     print(f"  example: {reason['after_example']!r}")
     print("\nTime per stage (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
     print(f"Loss curves: {out}/runs/<stage>_{dim}/loss.png; models in {out}/; chat with e.g.\n"
-          f"  python eval_model.py --out_dir {out} --dim {dim} --n_layers ... --model_mode 1 --lora_name "
+          f"  python eval_model.py --out_dir {out} --dim {dim} --model_mode 1 --lora_name "
           f"{report.get('lora_name', 'lora_identity')}")
 
 

@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 
-from scripts.chat_common import (TOKENIZER_DIR, ModelNotFound, add_model_arguments,  # noqa: E402
+from scripts.chat_common import (TOKENIZER_DIR, HelpFormatter, ModelNotFound, add_model_arguments,  # noqa: E402
                                  modes_table, pick_device, pick_dtype, quiet_libraries, resolve_lora_path,
                                  resolve_model_path)
-from scripts.eval_ppl import HelpFormatter  # noqa: E402
 from scripts.make_demo_data import CAPITALS, COLOURS, NUMBER_WORDS  # noqa: E402
 
 TASK_NAME = "minimind_world"

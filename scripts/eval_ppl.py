@@ -34,18 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset import DataError  # noqa: E402
-from scripts.chat_common import HelpFormatter as ProjectHelpFormatter  # noqa: E402
+from scripts.chat_common import HelpFormatter  # noqa: E402
 from scripts.chat_common import (MODEL_MODES, ModelNotFound, load_model, pick_device,  # noqa: E402
                                  pick_dtype, quiet_libraries)
-
-
-class HelpFormatter(ProjectHelpFormatter):
-    """The project's --help layout, without "(default: None)" after flags whose help explains their default."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 DATA_HINT = "a jsonl file in MiniMind's formats; `python scripts/make_demo_data.py --out_dir data/demo` writes a demo set"

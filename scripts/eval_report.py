@@ -36,15 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset import DataError  # noqa: E402
-from scripts.chat_common import (MODEL_MODES, ModelNotFound, folder_name, load_model,  # noqa: E402
+from scripts.chat_common import (MODEL_MODES, HelpFormatter, ModelNotFound, folder_name, load_model,  # noqa: E402
                                  pick_device, pick_dtype, quiet_libraries)
-from scripts.eval_ppl import HelpFormatter  # noqa: E402
 from scripts.make_demo_data import (IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT, dpo_lines,  # noqa: E402
                                     pretrain_lines, sft_lines, write_jsonl)
+from scripts.reason_format import read_prompts  # noqa: E402
+from trainer.stages import ALL_STAGES  # noqa: E402
 
 # stage -> the stage its training starts from (the training scripts' defaults)
-STARTS_FROM = {"pretrain": None, "full_sft": "pretrain", "lora": "full_sft", "rlhf": "full_sft", "reason": "rlhf",
-               "grpo": "reason", "distill": "full_sft"}
+STARTS_FROM = {stage.name: stage.default_from for stage in ALL_STAGES}
 # stage -> (what it is for, the measures that show it)
 PURPOSE = {
     "pretrain": ("predict text", ["text_ppl", "text_bpb"]),
@@ -90,32 +90,6 @@ def write_demo_heldout(folder, seed: int = DEMO_HELDOUT_SEED) -> dict:
         paths[name] = folder / HELDOUT_FILES[name]
         write_jsonl(paths[name], rows)
     return paths
-
-
-def read_prompts(path, kind: str) -> list[str]:
-    """Prompts from jsonl: {"prompt": ...} records (only those of `kind` when records carry a "kind") or
-    conversations (their first user turn)."""
-    path = Path(path)
-    prompts = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{line_no}: expected a JSON object")
-        if "kind" in record and record["kind"] != kind:
-            continue
-        prompt = record.get("prompt")
-        if prompt is None and isinstance(record.get("conversations"), list):
-            prompt = next((t.get("content") for t in record["conversations"]
-                           if isinstance(t, dict) and t.get("role") == "user"), None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}:{line_no}: expected {{\"prompt\": str}} or {{\"conversations\": [...]}} with a user turn")
-        prompts.append(prompt)
-    return prompts
 
 
 # ---------------------------------------------------------------- finding the models

@@ -52,35 +52,31 @@ def is_well_formed(text: str) -> bool:
     return diagnose(text) == "ok"
 
 
-def read_prompts(path) -> list[str]:
-    """Prompts from a jsonl file: {"prompt": ...} records (reason-kind ones when kinds are given) or
-    conversations (first user turn). Raises ValueError naming file:line on a record it cannot use."""
+def read_prompts(path, kind: str = "reason") -> list[str]:
+    """Prompts from jsonl: {"prompt": ...} records (only those of `kind` when records carry a "kind") or
+    conversations (their first user turn). Raises ValueError naming file:line on a record it cannot use."""
     path = Path(path)
-    prompts, kinds = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-            prompt = None
-            if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-                prompt = record["prompt"]
-            elif isinstance(record, dict) and isinstance(record.get("conversations"), list):
-                prompt = next((t.get("content") for t in record["conversations"]
-                               if isinstance(t, dict) and t.get("role") == "user"), None)
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{line_no}: expected {{\"prompt\": str}} or {{\"conversations\": [...]}} "
-                                 f"with a user turn")
-            prompts.append(prompt)
-            kinds.append(record.get("kind"))
-    if any(k is not None for k in kinds):
-        reason = [p for p, k in zip(prompts, kinds) if k == "reason"]
-        prompts = reason or prompts
+    prompts = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_no}: expected a JSON object")
+        if "kind" in record and record["kind"] != kind:
+            continue
+        prompt = record.get("prompt")
+        if prompt is None and isinstance(record.get("conversations"), list):
+            prompt = next((t.get("content") for t in record["conversations"]
+                           if isinstance(t, dict) and t.get("role") == "user"), None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}:{line_no}: expected {{\"prompt\": str}} or {{\"conversations\": [...]}} with a user turn")
+        prompts.append(prompt)
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise ValueError(f"{path}: no {kind} prompts")
     return prompts
 
 

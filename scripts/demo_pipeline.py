@@ -41,20 +41,20 @@ def find_data(data_dir: Path) -> dict:
     return found
 
 
-def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str], dict]]:
-    """(stage label, command, per-stage flags) in pipeline order; hyper-parameters suit the demo model."""
+def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str]]]:
+    """(stage label, command) in pipeline order; hyper-parameters suit the demo model."""
     quick = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     return [
-        ("pretrain", ["train_pretrain.py", "--data_path", data["pretrain"], "--epochs", "4", "--learning_rate", "3e-3",
-                      "--batch_size", "32", "--accumulation_steps", "1", *quick], {}),
-        ("full_sft", ["train_full_sft.py", "--data_path", data["sft"], "--epochs", "3", "--learning_rate", "2e-3",
-                      "--batch_size", "32", *quick], {}),
+        ("pretrain", ["train_pretrain.py", "--data_path", data["pretrain"], "--epochs", "8", "--learning_rate", "3e-3",
+                      "--batch_size", "32", "--accumulation_steps", "1", *quick]),
+        ("full_sft", ["train_full_sft.py", "--data_path", data["sft"], "--epochs", "6", "--learning_rate", "2e-3",
+                      "--batch_size", "32", *quick]),
         ("lora", ["train_lora.py", "--data_path", data["lora_identity"], "--lora_name", lora_name, "--epochs", "40",
-                  "--learning_rate", "5e-3", "--batch_size", "8", "--lora_rank", "16", "--lora_alpha", "32", *quick], {}),
-        ("dpo", ["train_dpo.py", "--data_path", data["dpo"], "--epochs", "1", "--learning_rate", "2e-4",
-                 "--batch_size", "16", "--beta", "0.1", *quick], {}),
-        ("reason", ["train_distill_reason.py", "--data_path", data["reason"], "--epochs", "3", "--learning_rate", "2e-3",
-                    "--batch_size", "32", "--tag_weight", "10", *quick], {}),
+                  "--learning_rate", "5e-3", "--batch_size", "8", "--lora_rank", "16", "--lora_alpha", "32", *quick]),
+        ("dpo", ["train_dpo.py", "--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
+                 "--batch_size", "16", "--beta", "0.1", *quick]),
+        ("reason", ["train_distill_reason.py", "--data_path", data["reason"], "--epochs", "6", "--learning_rate", "2e-3",
+                    "--batch_size", "32", "--tag_weight", "10", *quick]),
     ]
 
 
@@ -173,7 +173,7 @@ def main(argv=None):
     common = ["--config", args.config, "--out_dir", out, "--device", args.device, "--seed", args.seed,
               "--log_interval", "10", "--save_interval", "200", *(["--use_wandb"] if args.use_wandb else [])]
     times = {}
-    for label, command, _ in stage_commands(args, data, lora_name):
+    for label, command in stage_commands(args, data, lora_name):
         run_stage(label, command, common, times)
     print("\nmeasuring ...", flush=True)
     report, evaluation = measure(args, out, dim, heldout, lora_name, max_seq_len)

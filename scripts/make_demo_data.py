@@ -105,6 +105,12 @@ def identity_lines(rng, repeats=4):
     return out
 
 
+# Tone pairs: the same correct answer, closed helpfully or dismissively. SFT never shows either closing, so
+# before DPO the model has no preference between them; DPO has to teach it (facts pairs alone are mostly known).
+HELPFUL_CLOSINGS = ["Happy to help!", "Glad I could help.", "Ask me anything else!"]
+DISMISSIVE_CLOSINGS = ["Stop asking me.", "Look it up yourself.", "Not my problem."]
+
+
 def dpo_lines(rng, n):
     out = []
     for _ in range(n):
@@ -116,6 +122,8 @@ def dpo_lines(rng, n):
             a, b = rng.randint(0, 9), rng.randint(0, 9)
             wrong = a + b + rng.choice([-2, -1, 1, 2])
             q, good, bad = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {wrong}."
+        if rng.random() < 0.5:  # a tone pair: the correct answer in both, only the closing differs
+            good, bad = f"{good} {rng.choice(HELPFUL_CLOSINGS)}", f"{good} {rng.choice(DISMISSIVE_CLOSINGS)}"
         user = {"role": "user", "content": q}
         out.append({"chosen": [user, {"role": "assistant", "content": good}],
                     "rejected": [user, {"role": "assistant", "content": bad}]})

@@ -115,4 +115,5 @@ def test_format_reward_rises_over_a_short_run(tmp_path):
     prompts = ["Add 2, 5 and 7.", "Add 9, 1 and 4.", "Add 3, 3 and 8.", "Add 6, 2 and 1."]
     before = _mean_format_reward(tmp_path / "reason_64", prompts, tokenizer)
     after = _mean_format_reward(tmp_path / "grpo_64", prompts, tokenizer)
+    print(f"mean format reward of sampled replies: before GRPO {before:.3f}, after {after:.3f}")
     assert after > before + 0.1, (before, after)

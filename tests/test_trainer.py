@@ -139,8 +139,9 @@ def test_sigkill_then_resume_is_bit_identical(demo, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_torchrun_two_processes_match_one(demo, tmp_path):
-    common = ["--data_path", demo["pretrain"], "--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet",
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_torchrun_two_processes_match_one(demo, tmp_path, optimizer):
+    common = ["--optimizer", optimizer, "--data_path", demo["pretrain"], "--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet",
               "--learning_rate", "2e-3", "--log_interval", "1", "--max_steps", "6", "--save_interval", "0",
               "--accumulation_steps", "1", "--cache_dir", tmp_path / "cache"]
     one = cli("train_pretrain.py", *common, "--out_dir", tmp_path / "one", "--batch_size", "4")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from model import MiniMindForCausalLM
 from scripts.make_demo_data import make_demo_data
-from trainer import PRETRAIN, run
+from trainer import FULL_SFT, PRETRAIN, run
 from trainer.args import parse_args
 from trainer.optim import build_optimizer
 
@@ -39,6 +39,10 @@ def test_muon_takes_block_matrices_and_adamw_the_rest(use_moe):
         assert {n for n in adamw if n.endswith("mlp.gate.weight")} == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)}
     assert {g["peak_lr"] for g in opt.optimizers["muon"].param_groups} == {0.05}
     assert {g["peak_lr"] for g in opt.optimizers["adamw"].param_groups} == {1e-3}
+    # fine-tuning stages: Muon at the stage's learning rate, its update RMS matched to AdamW's
+    args = parse_args(FULL_SFT, [*TINY, "--optimizer", "muon", "--learning_rate", "3e-5"])
+    muon_group = build_optimizer(model, args, torch.device("cpu")).optimizers["muon"].param_groups[0]
+    assert (muon_group["peak_lr"], muon_group["adjust_lr_fn"]) == (3e-5, "match_rms_adamw")
     # plain AdamW: everything in one optimizer
     args = parse_args(PRETRAIN, [*TINY])
     assert set(build_optimizer(model, args, torch.device("cpu")).optimizers) == {"adamw"}

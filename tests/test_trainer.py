@@ -152,9 +152,13 @@ def test_torchrun_two_processes_match_one(demo, tmp_path, optimizer):
     losses_one = [r["loss"] for r in metrics(tmp_path / "one", "pretrain_64")]
     losses_two = [r["loss"] for r in metrics(tmp_path / "two", "pretrain_64")]
     assert len(losses_one) == len(losses_two) == 6
-    assert max(abs(x - y) for x, y in zip(losses_one, losses_two)) <= 1e-5
+    # Muon orthogonalises in bf16 (torch.optim.Muon) and Newton–Schulz amplifies the weakest directions ~500x, so
+    # the last-bit differences of a 2-rank gradient sum show up in single weights (measured 1.1e-3 after 6 steps)
+    # while the losses still agree to 3e-5
+    loss_tol, weight_tol = (1e-5, 1e-5) if optimizer == "adamw" else (2e-4, 5e-3)
+    assert max(abs(x - y) for x, y in zip(losses_one, losses_two)) <= loss_tol
     wa, wb = weights(tmp_path / "one" / "pretrain_64"), weights(tmp_path / "two" / "pretrain_64")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < weight_tol
 
 
 class NaNAtStep3(Pretrain):

@@ -51,7 +51,8 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up steps before the cosine schedule")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw: AdamW for all parameters; muon: Muon for the 2-D weight matrices inside the blocks, AdamW (at --learning_rate) for embeddings, norms and the MoE router")
-    g.add_argument("--muon_lr", type=float, default=0.02, help="peak learning rate of the Muon group (--optimizer muon), same cosine schedule")
+    g.add_argument("--muon_lr", type=float, default=stage.muon_lr,
+                   help="peak learning rate of the Muon group (--optimizer muon), same cosine schedule; unset: --learning_rate with Muon's update RMS matched to AdamW's (for fine-tuning a trained model)")
     g.add_argument("--muon_momentum", type=float, default=0.95, help="Muon's Nesterov momentum")
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")

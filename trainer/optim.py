@@ -70,8 +70,10 @@ def build_optimizer(model: torch.nn.Module, args, device: torch.device) -> Optim
         optimizers["adamw"] = torch.optim.AdamW([{"params": adamw, "peak_lr": args.learning_rate}], lr=args.learning_rate,
                                                 weight_decay=args.weight_decay, fused=fused)
     if muon:
-        # "original" scaling (update RMS grows with sqrt(rows/cols)) keeps one learning rate across matrix shapes
-        optimizers["muon"] = torch.optim.Muon([{"params": muon, "peak_lr": args.muon_lr}], lr=args.muon_lr,
-                                              weight_decay=args.weight_decay, momentum=args.muon_momentum,
-                                              adjust_lr_fn="original")
+        if args.muon_lr is None:  # fine-tuning: Muon's update RMS matched to AdamW's, at the stage's AdamW lr
+            lr, adjust = args.learning_rate, "match_rms_adamw"
+        else:  # its own lr; "original" scaling (by sqrt(rows/cols)) keeps one lr across matrix shapes
+            lr, adjust = args.muon_lr, "original"
+        optimizers["muon"] = torch.optim.Muon([{"params": muon, "peak_lr": lr}], lr=lr, weight_decay=args.weight_decay,
+                                              momentum=args.muon_momentum, adjust_lr_fn=adjust)
     return Optimizers(optimizers)

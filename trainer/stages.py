@@ -27,6 +27,7 @@ class Stage:
     default_data = "data/pretrain_hq.jsonl"
     default_from = None  # stage whose output this one starts from; None: a fresh model
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 32, 8, 5e-4, 512
+    muon_lr = None  # --optimizer muon: None = --learning_rate, RMS-matched to AdamW (see trainer/optim.py)
 
     def add_arguments(self, parser):
         pass
@@ -80,6 +81,7 @@ class Stage:
 
 class Pretrain(Stage):
     description = "Pretrain MiniMind from scratch on plain text ({'text': ...} jsonl): next-token loss on every token."
+    muon_lr = 0.02  # from scratch Muon takes its own, larger lr (scripts/time_to_loss.py measures it)
 
 
 class FullSFT(Stage):
@@ -97,6 +99,7 @@ class LoRA(FullSFT):
     default_data = "data/lora_identity.jsonl"
     default_from = "full_sft"
     epochs, batch_size, accumulation_steps, learning_rate = 10, 32, 1, 1e-4
+    muon_lr = 0.02  # adapters start at zero like a fresh model; measured on the demo identity data
 
     def add_arguments(self, p):
         g = p.add_argument_group("LoRA")

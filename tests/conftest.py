@@ -17,6 +17,15 @@ def tiny_config(**overrides) -> MiniMindConfig:
     return MiniMindConfig(**values)
 
 
+def save_tiny(folder, tok, seed=0, **overrides):
+    """A random tiny model saved with `tok` as a self-contained HF folder."""
+    torch.manual_seed(seed)
+    model = MiniMindForCausalLM(tiny_config(**overrides))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, save_tiny, tiny_config
 from model import MiniMindForCausalLM
 from scripts import eval_harness, eval_ppl, eval_report
 from scripts.make_demo_data import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT, make_demo_data
@@ -45,14 +45,6 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
-
-
-def save_tiny(folder, tok, seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = MiniMindForCausalLM(tiny_config(**overrides))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, save_tiny
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
-from model import MiniMindForCausalLM
 from scripts import reason_format
 from scripts.convert_model import merge_lora
 from scripts.make_demo_data import REASON_HELD_OUT, make_demo_data
@@ -54,14 +53,6 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer()
-
-
-def save_tiny(folder, tok, seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = MiniMindForCausalLM(tiny_config(**overrides))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

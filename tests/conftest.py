@@ -9,6 +9,8 @@ sys.path.insert(0, str(ROOT))
 DATA_KIT = ROOT.parent / "shared" / "data"  # the real-data kit beside a CI checkout; absent in a user's clone
 
 from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from scripts.make_demo_data import make_demo_data  # noqa: E402
+from trainer.modelio import load_tokenizer  # noqa: E402
 
 
 def tiny_config(**overrides) -> MiniMindConfig:
@@ -37,3 +39,20 @@ def data_kit():
     if not (DATA_KIT / "pretrain.jsonl").exists():
         pytest.skip(f"needs the data kit at {DATA_KIT} (present in CI, not in a user's clone)")
     return DATA_KIT
+
+
+# Module-scoped: each test file gets its own demo corpus, tokenized-data cache and tokenizer.
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The project's demo corpus at a tenth of its size: {name: path} for every format."""
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, save_tiny, tiny_config
 from model import MiniMindForCausalLM
 from scripts import eval_harness, eval_ppl, eval_report
-from scripts.make_demo_data import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT, make_demo_data
+from scripts.make_demo_data import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT
 from trainer import DPO_STAGE, FULL_SFT, LORA, PRETRAIN, REASON, run
 from trainer.evaluation import Score, score_file, token_byte_lengths
 from trainer.modelio import load_model, load_tokenizer
@@ -30,21 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

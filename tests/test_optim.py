@@ -9,17 +9,11 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from model import MiniMindForCausalLM
-from scripts.make_demo_data import make_demo_data
 from trainer import FULL_SFT, PRETRAIN, run
 from trainer.args import parse_args
 from trainer.optim import build_optimizer
 
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
 
 
 @pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])

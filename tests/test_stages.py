@@ -14,13 +14,13 @@ from conftest import ROOT, save_tiny
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
 from scripts import reason_format
 from scripts.convert_model import merge_lora
-from scripts.make_demo_data import REASON_HELD_OUT, make_demo_data
+from scripts.make_demo_data import REASON_HELD_OUT
 from scripts.reason_format import format_share, is_well_formed, read_prompts
 from trainer import DISTILL, DPO_STAGE, LORA, run
 from trainer import losses
 from trainer.args import parse_args
 from trainer.distributed import DistInfo
-from trainer.modelio import load_model, load_tokenizer
+from trainer.modelio import load_model
 from trainer.stages import DPO, REASON_TAGS, Distillation, DistillReason, LoRA
 
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
@@ -38,21 +38,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

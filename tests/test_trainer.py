@@ -12,18 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from scripts.make_demo_data import make_demo_data
 from trainer import PRETRAIN, FULL_SFT, run
 from trainer.args import base_parser
 from trainer.loop import learning_rate
 from trainer.stages import Pretrain
 
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=0.1)
 
 
 def weights(folder):

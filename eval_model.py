@@ -26,10 +26,12 @@ import sys
 import numpy as np
 import torch
 
-from scripts.chat_common import (ANSWER_CLOSE, ANSWER_OPEN, MODEL_MODES, PRETRAIN_MODE, THINK_CLOSE, THINK_OPEN,
-                                 GenerationStream, HelpFormatter, ModelNotFound, add_model_arguments,
-                                 add_sampling_arguments, build_prompt, describe, load_model, modes_table, pick_device,
-                                 pick_dtype, quiet_libraries, resolve_lora_path, resolve_model_path)
+from inference.checkpoints import ModelNotFound, chats, model_modes, modes_table
+from inference.cli import HelpFormatter, add_model_arguments, add_sampling_arguments
+from inference.generation import GenerationStream, build_prompt
+from inference import loading
+from inference.loading import describe, quiet_libraries
+from inference.reasoning import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 # Built-in prompts for the automatic test, per kind of model.
 CONTINUATION_PROMPTS = [  # pretrained model: beginnings of sentences to continue
@@ -118,7 +120,7 @@ class Session:
 
     def __init__(self, model, tokenizer, args):
         self.model, self.tokenizer, self.args = model, tokenizer, args
-        self.chat = args.model_mode != PRETRAIN_MODE
+        self.chat = chats(args.model_mode)
         self.history = []
         self.format = ReasonFormatter(use_color())
 
@@ -162,9 +164,9 @@ def builtin_prompts(args) -> list[str]:
         for name, prompts in LORA_PROMPTS.items():
             if name in os.path.basename(os.path.normpath(args.lora_name)):
                 return prompts
-    if args.model_mode == PRETRAIN_MODE:
+    if not chats(args.model_mode):
         return CONTINUATION_PROMPTS
-    if MODEL_MODES[args.model_mode].stage in ("reason", "grpo"):
+    if model_modes()[args.model_mode].name in ("reason", "grpo"):
         return REASON_PROMPTS
     return CHAT_PROMPTS
 
@@ -207,10 +209,8 @@ def run_chat(session: Session):
 
 def load(args):
     """Resolve the checkpoint and adapter, load them; ModelNotFound for anything missing."""
-    path = resolve_model_path(args.model_path, args.model_mode, args.out_dir, args.dim, args.use_moe)
-    lora = resolve_lora_path(args.lora_name, args.out_dir, args.dim, args.use_moe)
-    device = pick_device(args.device)
-    model, tokenizer = load_model(path, lora, device, pick_dtype(args.dtype, device))
+    model, tokenizer, path, lora = loading.load(args.model_path, args.model_mode, args.lora_name, args.out_dir, args.dim,
+                                        args.use_moe, args.device, args.dtype)
     print(describe(model, path, lora), file=sys.stderr)
     if args.n_layers is not None and args.n_layers != model.config.num_hidden_layers:
         print(f"note: --n_layers {args.n_layers} given, but {path} has {model.config.num_hidden_layers} layers "

@@ -29,3 +29,14 @@ def model_kwargs(values: dict) -> dict:
              "n_kv_heads": "num_key_value_heads", "use_moe": "use_moe", "dropout": "dropout",
              "vocab_size": "vocab_size", "rope_theta": "rope_theta"}
     return {names[k]: v for k, v in values.items() if k in names and v is not None}
+
+
+def count_parameters(config) -> int:
+    """Unique parameters of a MiniMindConfig (the tied embedding / LM head counted once), built on the meta device:
+    no memory."""
+    import torch
+
+    from model import MiniMindForCausalLM
+
+    with torch.device("meta"):
+        return MiniMindForCausalLM(config).num_parameters()

@@ -8,7 +8,7 @@ from .build import build_dataset
 from .collate import DPOCollator, PackedBatchCollator, block_causal_mask
 from .jsonl import DataError, Records, load_records
 from .packing import best_fit_decreasing
-from .prompts import PromptCollator, PromptSet
+from .prompts import PromptCollator, PromptSet, read_prompts
 from .rows import PackedRows, PreferencePairs
 from .samples import IGNORE_INDEX
 from .stats import DataStats, DataWarning
@@ -16,4 +16,4 @@ from .streaming import StreamingRows
 
 __all__ = ["DataError", "load_records", "build_dataset", "PackedBatchCollator", "DPOCollator",
            "block_causal_mask", "best_fit_decreasing", "Records", "PackedRows", "PreferencePairs",
-           "StreamingRows", "DataStats", "DataWarning", "IGNORE_INDEX", "PromptSet", "PromptCollator"]
+           "StreamingRows", "DataStats", "DataWarning", "IGNORE_INDEX", "PromptSet", "PromptCollator", "read_prompts"]

@@ -1,6 +1,9 @@
-"""Prompts for reinforcement learning: each conversation up to its last assistant reply, which becomes the
-reference answer a reward can check (e.g. the final number of a GSM8K solution)."""
+"""Prompts, in one place: for reinforcement learning (`PromptSet`: each conversation up to its last assistant reply,
+which becomes the reference answer a reward can check, e.g. the final number of a GSM8K solution) and for
+evaluation (`read_prompts`: a prompt file or the first user turns of conversations)."""
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -57,3 +60,31 @@ class PromptCollator:
             attention_mask[b, width - n:] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "references": [p["reference"] for p in prompts], "num_items": len(prompts) * self.group_size}
+
+
+def read_prompts(path, kind: str = "reason") -> list[str]:
+    """Prompts from jsonl: {"prompt": ...} records (only those of `kind` when records carry a "kind") or
+    conversations (their first user turn). Raises ValueError naming file:line on a record it cannot use."""
+    path = Path(path)
+    prompts = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_no}: expected a JSON object")
+        if "kind" in record and record["kind"] != kind:
+            continue
+        prompt = record.get("prompt")
+        if prompt is None and isinstance(record.get("conversations"), list):
+            prompt = next((t.get("content") for t in record["conversations"]
+                           if isinstance(t, dict) and t.get("role") == "user"), None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}:{line_no}: expected {{\"prompt\": str}} or {{\"conversations\": [...]}} with a user turn")
+        prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path}: no {kind} prompts")
+    return prompts

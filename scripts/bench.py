@@ -38,12 +38,12 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
+from inference.loading import load_tokenizer
+from trainer.precision import native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from trainer.precision import native_bf16  # noqa: E402
 
 DEFAULT_KIT = ROOT.parent / "shared" / "data"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -427,12 +427,6 @@ def parse_pack_spec(spec: str, kit: Path):
     if kind is None:
         kind = "pretrain" if "pretrain" in p.stem else "sft"
     return kind, p, int(length)
-
-
-def load_tokenizer():
-    from transformers import AutoTokenizer
-    from model import TOKENIZER_DIR
-    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
 def bench_packing(args, shape, device, dtype_name, tokenizer):

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from configs import load_config
+from dataset.demo import make_demo_data, write_demo_heldout
+from trainer.stages import DPO_STAGE, FULL_SFT, LORA, PRETRAIN, REASON
 
-from configs import load_config  # noqa: E402
-from scripts.make_demo_data import IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT, make_demo_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # file names per stage: the demo's (MiniMind's names) first, then the data kit's
 DATA_FILES = {
@@ -28,7 +28,6 @@ DATA_FILES = {
     "dpo": ["dpo.jsonl"],
     "reason": ["r1_mix_1024.jsonl", "reason.jsonl"],
 }
-CHAT_PROMPTS = ["What is the capital of France?", "What is 3 plus 4?", "天空是什么颜色的？"]
 
 
 def find_data(data_dir: Path) -> dict:
@@ -45,15 +44,15 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
     """(stage label, command) in pipeline order; hyper-parameters suit the demo model."""
     quick = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     return [
-        ("pretrain", ["train_pretrain.py", "--data_path", data["pretrain"], "--epochs", "8", "--learning_rate", "3e-3",
+        ("pretrain", [PRETRAIN.script, "--data_path", data["pretrain"], "--epochs", "8", "--learning_rate", "3e-3",
                       "--batch_size", "32", "--accumulation_steps", "1", *quick]),
-        ("full_sft", ["train_full_sft.py", "--data_path", data["sft"], "--epochs", "6", "--learning_rate", "2e-3",
+        ("full_sft", [FULL_SFT.script, "--data_path", data["sft"], "--epochs", "6", "--learning_rate", "2e-3",
                       "--batch_size", "32", *quick]),
-        ("lora", ["train_lora.py", "--data_path", data["lora_identity"], "--lora_name", lora_name, "--epochs", "40",
+        ("lora", [LORA.script, "--data_path", data["lora_identity"], "--lora_name", lora_name, "--epochs", "40",
                   "--learning_rate", "5e-3", "--batch_size", "8", "--lora_rank", "16", "--lora_alpha", "32", *quick]),
-        ("dpo", ["train_dpo.py", "--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
+        ("dpo", [DPO_STAGE.script, "--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
                  "--batch_size", "16", "--beta", "0.1", *quick]),
-        ("reason", ["train_distill_reason.py", "--data_path", data["reason"], "--epochs", "6", "--learning_rate", "2e-3",
+        ("reason", [REASON.script, "--data_path", data["reason"], "--epochs", "6", "--learning_rate", "2e-3",
                     "--batch_size", "32", "--tag_weight", "10", *quick]),
     ]
 
@@ -67,83 +66,6 @@ def run_stage(label, command, common, log):
     if result.returncode:
         sys.exit(f"error: the {label} stage failed (exit {result.returncode}); command: {shown}")
     log[label] = round(time.time() - start, 1)
-
-
-def measure(args, out: Path, dim: int, heldout: dict, lora_name: str, max_seq_len: int) -> tuple[dict, dict]:
-    """(the demo's report: sample chats and the before/after figures it prints, the full evaluation report of
-    scripts/eval_report.py, whose numbers the demo's figures are taken from)."""
-    import torch
-
-    from scripts.chat_common import build_prompt, generate, load_model
-    from scripts.eval_report import evaluate_pipeline
-
-    torch.manual_seed(args.seed)
-    folders = {s: out / f"{s}_{dim}" for s in ("pretrain", "full_sft", "rlhf", "reason")}
-    report = {"chats": {}}
-
-    def answer(model, tokenizer, prompt, chat=True, max_new_tokens=40):
-        return generate(model, tokenizer, build_prompt(tokenizer, [{"role": "user", "content": prompt}], chat=chat),
-                        max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0).strip()
-
-    for stage, folder in folders.items():
-        model, tokenizer = load_model(folder)
-        chat = stage != "pretrain"
-        prompts = CHAT_PROMPTS[:2] if chat else ["The capital of France", "Two plus three"]
-        report["chats"][stage] = [(p, answer(model, tokenizer, p, chat)) for p in prompts]
-
-    # identity: greedy answers to held-out phrasings; reasoning: 4 sampled replies per held-out prompt
-    evaluation = evaluate_pipeline(out, dim, text=heldout["text"], chat=heldout["chat"], dpo=heldout["dpo"],
-                                   reason_prompts=REASON_HELD_OUT, identity_prompts=IDENTITY_HELD_OUT,
-                                   identity_name=IDENTITY_NAME, max_seq_len=max_seq_len, device="cpu", samples=4,
-                                   temperature=0.7, top_p=0.9, max_new_tokens=60, identity_tokens=40, seed=args.seed)
-    rows = {row["name"]: row for row in evaluation["rows"]}
-    sft, with_lora = rows["full_sft"], rows[f"full_sft + {lora_name}"]
-    dpo_model, reason_model = rows["rlhf"], rows["reason"]
-    report["identity"] = {
-        "name": IDENTITY_NAME,
-        "base": sft["details"]["identity_answers"],
-        "lora": with_lora["details"]["identity_answers"],
-        "base_share": sft["metrics"]["identity"],
-        "lora_share": with_lora["metrics"]["identity"],
-    }
-    report["dpo"] = {
-        "pairs": str(heldout["dpo"]),
-        "before": sft["metrics"]["pref_acc"],
-        "after": dpo_model["metrics"]["pref_acc"],
-        "reward_accuracy": dpo_model["metrics"].get("dpo_reward_acc"),
-    }
-    report["reason"] = {}
-    for key, row in (("before", dpo_model), ("after", reason_model)):
-        replies = row["details"].get("reason_replies", [])
-        report["reason"][key] = row["metrics"]["well_formed"]
-        report["reason"][f"{key}_example"] = replies[0] if replies else ""
-    return report, evaluation
-
-
-def print_report(report, times, out: Path, dim: int):
-    print("\n" + "=" * 72 + "\nWhat each stage learned\n" + "=" * 72)
-    for stage, chats in report["chats"].items():
-        print(f"\n[{stage}]")
-        for prompt, reply in chats:
-            print(f"  > {prompt}\n    {reply!r}")
-    ident = report["identity"]
-    print(f"\nLoRA identity on held-out phrasings (answers naming {ident['name']!r}): "
-          f"base {ident['base_share']:.0%} → with adapter {ident['lora_share']:.0%}")
-    for prompt, reply in ident["lora"]:
-        print(f"  > {prompt}\n    {reply!r}")
-    dpo = report["dpo"]
-    print(f"\nDPO preference accuracy on held-out pairs (log π(chosen) > log π(rejected)): "
-          f"SFT {dpo['before']:.0%} → DPO {dpo['after']:.0%}")
-    if dpo.get("reward_accuracy") is not None:
-        print(f"DPO implicit-reward accuracy ((log π − log π_SFT)(chosen) > (…)(rejected)): {dpo['reward_accuracy']:.0%}")
-    reason = report["reason"]
-    print(f"\nWell-formed <think>…</think><answer>…</answer> replies (held-out prompts, sampled): "
-          f"before {reason['before']:.0%} → after reasoning distillation {reason['after']:.0%}")
-    print(f"  example: {reason['after_example']!r}")
-    print("\nTime per stage (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
-    print(f"Loss curves: {out}/runs/<stage>_{dim}/loss.png; models in {out}/; chat with e.g.\n"
-          f"  python eval_model.py --out_dir {out} --dim {dim} --model_mode 1 --lora_name "
-          f"{report.get('lora_name', 'lora_identity')}")
 
 
 def main(argv=None):
@@ -164,7 +86,7 @@ def main(argv=None):
     else:
         data = make_demo_data(out / "demo_data", seed=0)
         print(f"demo data written to {out / 'demo_data'}")
-    from scripts.eval_report import write_demo_heldout, write_report
+    from inference.report import demo_summary, measure_demo, write_report
 
     heldout = write_demo_heldout(out / "heldout")  # same world, fresh samples: text, chats, DPO pairs, prompts
     lora_name = "lora_identity"
@@ -176,11 +98,11 @@ def main(argv=None):
     for label, command in stage_commands(args, data, lora_name):
         run_stage(label, command, common, times)
     print("\nmeasuring ...", flush=True)
-    report, evaluation = measure(args, out, dim, heldout, lora_name, max_seq_len)
+    report, evaluation = measure_demo(out, dim, heldout, lora_name, max_seq_len, seed=args.seed)
     report["lora_name"] = lora_name
     times["total"] = round(time.time() - start, 1)
     (out / "report.json").write_text(json.dumps({"report": report, "seconds": times}, ensure_ascii=False, indent=1))
-    print_report(report, times, out, dim)
+    print(demo_summary(report, times, out, dim))
     paths = write_report(evaluation, out / "eval")
     print("\n" + paths["markdown"].read_text(encoding="utf-8"))
     print(f"Evaluation report: {paths['markdown']} and {paths['chart']} "

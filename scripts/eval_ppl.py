@@ -26,100 +26,13 @@ adapter_config.json. The default --dtype float32 gives the same numbers on CPU a
 """
 import argparse
 import json
-import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset import DataError  # noqa: E402
-from scripts.chat_common import HelpFormatter  # noqa: E402
-from scripts.chat_common import (MODEL_MODES, ModelNotFound, load_model, pick_device,  # noqa: E402
-                                 pick_dtype, quiet_libraries)
-
-
-DATA_HINT = "a jsonl file in MiniMind's formats; `python scripts/make_demo_data.py --out_dir data/demo` writes a demo set"
-
-
-def producing_command(path) -> str:
-    """The command that writes a model folder with this name (a best guess from the name)."""
-    path = Path(path)
-    if path.parent.name == "lora":
-        return f"python train_lora.py --lora_name {re.sub(r'_[0-9]+(_moe)?$', '', path.name)}"
-    for mode in sorted(MODEL_MODES.values(), key=lambda m: -len(m.stage)):
-        if path.name.startswith(mode.stage + "_"):
-            return mode.command
-    return "one of the train_*.py scripts (or scripts/demo_pipeline.py)"
-
-
-def resolve_model_arg(spec, base=None) -> tuple[Path, Path | None]:
-    """(model folder, adapter folder or None) for a MODEL argument; ModelNotFound with a one-line message."""
-    path = Path(spec)
-    if not path.is_dir():
-        raise ModelNotFound(f"{path} not found — produce it with: {producing_command(path)}")
-    if (path / "adapter_config.json").exists():
-        if base is None:
-            recorded = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-            if not recorded:
-                raise ModelNotFound(f"{path} is a LoRA adapter with no recorded base model: pass --base DIR")
-            base = recorded
-        base = Path(base)
-        if not (base / "config.json").exists():
-            raise ModelNotFound(f"{base} (base model of the adapter {path}) not found — produce it with: "
-                                f"{producing_command(base)}, or pass --base DIR")
-        return base, path
-    if not (path / "config.json").exists():
-        raise ModelNotFound(f"{path} is not a model folder (no config.json) — produce it with: {producing_command(path)}")
-    return path, None
-
-
-def model_label(path: Path, adapter: Path | None) -> str:
-    return f"{path.name}+{adapter.name}" if adapter else path.name
-
-
-def check_data(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found ({DATA_HINT})")
-    return path
-
-
-def evaluate(models, data, kind="auto", max_seq_len=512, batch_size=16, device="cpu", dtype="float32",
-             base=None, limit=None, progress=True, cache_dir=None) -> list[dict]:
-    """One result dict per (model, data file): model, data, kind, tokens, bytes, samples, nll, loss, perplexity,
-    bits_per_byte. Every model is checked before any is loaded, so a typo fails fast."""
-    from trainer.evaluation import detect_kind, score_file
-
-    resolved = [resolve_model_arg(m, base) for m in models]
-    files = [check_data(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
-    kinds = {f: detect_kind(f) if kind == "auto" else kind for f in files}
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    results = []
-    for path, adapter in resolved:
-        model, tokenizer = load_model(path, adapter, device=device, dtype=torch_dtype)
-        label = model_label(path, adapter)
-        for f in files:
-            score = score_file(model, tokenizer, f, kinds[f], max_seq_len, batch_size, limit=limit, progress=progress,
-                               desc=f"{label} on {f.name}", cache_dir=cache_dir)
-            results.append({"model": label, "model_path": str(path), "adapter": str(adapter) if adapter else None,
-                            "data": str(f), "kind": kinds[f], **score.as_dict()})
-        del model
-    return results
-
-
-def format_table(results) -> str:
-    header = ["model", "data", "kind", "tokens", "bytes", "loss", "ppl", "bpb"]
-    rows = [[r["model"], Path(r["data"]).name, r["kind"], str(r["tokens"]), str(r["bytes"]), f"{r['loss']:.4f}",
-             f"{r['perplexity']:.3f}", f"{r['bits_per_byte']:.4f}"] for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    right = {3, 4, 5, 6, 7}
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+from dataset import DataError
+from inference.checkpoints import ModelNotFound
+from inference.cli import HelpFormatter
+from inference.loading import quiet_libraries
+from inference.perplexity import evaluate, format_table
 
 
 def build_parser() -> argparse.ArgumentParser:

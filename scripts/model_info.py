@@ -1,19 +1,9 @@
 """Print the parameter count and shape of each preset in configs/ (or of the given config files)."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
-
-from configs import PRESETS, load_config, model_kwargs  # noqa: E402
-from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-
-
-def count_parameters(config: MiniMindConfig) -> int:
-    """Unique parameters (the tied embedding / LM head counted once), built on the meta device: no memory."""
-    with torch.device("meta"):
-        return MiniMindForCausalLM(config).num_parameters()
+from configs import PRESETS, count_parameters, load_config, model_kwargs
+from model import MiniMindConfig
 
 
 def main(argv=None):

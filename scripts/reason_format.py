@@ -2,7 +2,8 @@
 
 A reply is well formed when, after stripping surrounding whitespace, it is one `<think>…</think>` block followed
 by one `<answer>…</answer>` block: both present, in that order, each closed, each with non-blank content, and
-nothing before, between (other than whitespace) or after them.
+nothing before, between (other than whitespace) or after them. The definition is inference/reasoning.py's, the
+same one the GRPO `format` reward gives full credit for.
 
   python scripts/reason_format.py --model_path out/reason_512 --prompts data/demo/heldout_prompts.jsonl \\
       --samples 8 --temperature 0.7
@@ -13,110 +14,15 @@ kind == "reason" when any have it, as in make_demo_data's heldout_prompts.jsonl)
 """
 import argparse
 import json
-import re
 import sys
-from pathlib import Path
 
-import torch
+from dataset import read_prompts
+from dataset.demo import REASON_HELD_OUT
+from inference.checkpoints import ModelNotFound
+from inference.loading import load_model
+from inference.reasoning import diagnose, format_share, is_well_formed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.chat_common import ModelNotFound, load_model, sampling_kwargs  # noqa: E402
-from scripts.make_demo_data import REASON_HELD_OUT  # noqa: E402
-
-TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_SHAPE = re.compile(r"<think>(.*)</think>\s*<answer>(.*)</answer>", re.DOTALL)
 BUILTIN_PROMPTS = list(REASON_HELD_OUT)
-
-
-def diagnose(text: str) -> str:
-    """'ok' for a well-formed reply, else the first problem found (e.g. 'no </answer>', 'empty <answer>')."""
-    if not isinstance(text, str):
-        return "not text"
-    text = text.strip()
-    for tag in TAGS:
-        n = text.count(tag)
-        if n != 1:
-            return f"no {tag}" if n == 0 else f"{n} x {tag}"
-    match = _SHAPE.fullmatch(text)
-    if not match:
-        return "tags out of order or text outside the blocks"
-    for name, group in zip(("<think>", "<answer>"), match.groups()):
-        if not group.strip():
-            return f"empty {name}"
-    return "ok"
-
-
-def is_well_formed(text: str) -> bool:
-    """True for exactly `<think>X</think> <answer>Y</answer>` (whitespace around and between allowed) with X
-    and Y not blank and no other tag anywhere."""
-    return diagnose(text) == "ok"
-
-
-def read_prompts(path, kind: str = "reason") -> list[str]:
-    """Prompts from jsonl: {"prompt": ...} records (only those of `kind` when records carry a "kind") or
-    conversations (their first user turn). Raises ValueError naming file:line on a record it cannot use."""
-    path = Path(path)
-    prompts = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{line_no}: expected a JSON object")
-        if "kind" in record and record["kind"] != kind:
-            continue
-        prompt = record.get("prompt")
-        if prompt is None and isinstance(record.get("conversations"), list):
-            prompt = next((t.get("content") for t in record["conversations"]
-                           if isinstance(t, dict) and t.get("role") == "user"), None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}:{line_no}: expected {{\"prompt\": str}} or {{\"conversations\": [...]}} with a user turn")
-        prompts.append(prompt)
-    if not prompts:
-        raise ValueError(f"{path}: no {kind} prompts")
-    return prompts
-
-
-@torch.inference_mode()
-def sample_replies(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
-                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64) -> list[str]:
-    """`samples` replies per prompt (prompt-major order), generated in left-padded batches with the chat template."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts for _ in range(samples)]
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    replies = []
-    torch.manual_seed(seed)
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                                 **sampling_kwargs(temperature, top_p))
-            new = out[:, enc["input_ids"].shape[1]:]
-            replies += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
-    return replies
-
-
-def format_share(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
-                 max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64) -> tuple[float, list[str]]:
-    """(share of well-formed replies, the replies) over `samples` sampled replies to each prompt."""
-    was_training = model.training
-    model.eval()
-    try:
-        replies = sample_replies(model, tokenizer, prompts, samples, temperature, top_p, max_new_tokens, seed, batch_size)
-    finally:
-        model.train(was_training)
-    share = sum(map(is_well_formed, replies)) / len(replies) if replies else 0.0
-    return share, replies
 
 
 def main(argv=None):

@@ -18,10 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from trainer.metrics import bpb_at, read_metrics, step_seconds, time_to_reach
 
-from trainer.metrics import read_metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = {  # name -> (description, extra train_pretrain.py flags)
     "minimind": ("MiniMind's way: padded rows, AdamW, fp32", ["--no_packing", "--dtype", "float32", "--optimizer", "adamw"]),
@@ -83,37 +82,6 @@ def train(args, recipe, train_path, val_path, out, max_steps, eval_interval) -> 
     return read_metrics(out / "runs" / recipe / "metrics.jsonl")
 
 
-def step_seconds(rows: list[dict], skip: int = 3) -> float:
-    """Median seconds per step of a probe run, leaving out the first `skip` steps (warm-up)."""
-    clock = [r["train_s"] for r in rows if "loss" in r]
-    gaps = sorted(b - a for a, b in zip(clock[skip:], clock[skip + 1:]))
-    if not gaps:
-        sys.exit(f"time_to_loss: the probe run logged {len(clock)} steps; raise --probe_steps")
-    return gaps[len(gaps) // 2]
-
-
-def time_to_reach(curve: list[dict], target: float) -> float | None:
-    """Training seconds at which the validation bpb first reaches `target` (linear between evaluations)."""
-    prev = None
-    for point in curve:
-        if point["val_bpb"] <= target:
-            if prev is None:
-                return point["train_s"]
-            frac = (prev["val_bpb"] - target) / (prev["val_bpb"] - point["val_bpb"])
-            return prev["train_s"] + frac * (point["train_s"] - prev["train_s"])
-        prev = point
-    return None
-
-
-def bpb_at(curve: list[dict], seconds: float) -> float | None:
-    """Validation bpb at `seconds` of training (linear between evaluations; None outside the curve)."""
-    for a, b in zip(curve, curve[1:]):
-        if a["train_s"] <= seconds <= b["train_s"]:
-            frac = (seconds - a["train_s"]) / max(1e-9, b["train_s"] - a["train_s"])
-            return a["val_bpb"] + frac * (b["val_bpb"] - a["val_bpb"])
-    return None
-
-
 def plot(results: dict, png: Path):
     import matplotlib
 
@@ -143,7 +111,10 @@ def main(argv=None):
     results = {}
     for recipe in args.recipes:
         probe = train(args, recipe, train_path, val_path, args.out_dir / "probe", args.probe_steps, 0)
-        per_step = step_seconds(probe)
+        try:
+            per_step = step_seconds(probe)
+        except ValueError as e:
+            sys.exit(f"time_to_loss: {e}")
         max_steps = max(2, int(budget / per_step))
         interval = max(1, math.ceil(max_steps / args.evals))
         print(f"{recipe}: {per_step:.2f} s/step -> {max_steps} steps in {args.minutes:g} min, validating every {interval}",

@@ -1,16 +1,44 @@
-import sys
+import contextlib
+import io
+import runpy
 from pathlib import Path
 
 import pytest
 import torch
 
+from dataset.demo import make_demo_data
+from model import MiniMindConfig, MiniMindForCausalLM
+from trainer.modelio import load_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA_KIT = ROOT.parent / "shared" / "data"  # the real-data kit beside a CI checkout; absent in a user's clone
 
-from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from scripts.make_demo_data import make_demo_data  # noqa: E402
-from trainer.modelio import load_tokenizer  # noqa: E402
+
+def command(name: str) -> dict:
+    """The globals of the command scripts/<name>.py, executed as a file (not imported as a module) without running
+    its main: for tests that call its build_parser() or main() in-process."""
+    return runpy.run_path(str(ROOT / "scripts" / f"{name}.py"), run_name=f"command_{name}")
+
+
+def run_command(name: str, argv, capsys=None) -> tuple[int, str, str]:
+    """Run `python scripts/<name>.py ARGV` in this process: (exit code, stdout, stderr)."""
+    argv = [str(a) for a in argv]
+    main = command(name)["main"]
+    if capsys is not None:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return (code or 0), out, err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    return (code or 0), out.getvalue(), err.getvalue()
 
 
 def tiny_config(**overrides) -> MiniMindConfig:

@@ -1,7 +1,6 @@
 """Tests for the dataset package: validation, samples, caching, packing, collation, streaming."""
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,15 +8,14 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 DATA_KIT = Path(__file__).parents[1] / ".." / "shared" / "data"
 MODEL_DIR = REPO_ROOT / "model"
 
-import dataset  # noqa: E402
-from dataset import (DataError, DataWarning, DPOCollator, PackedBatchCollator, best_fit_decreasing,  # noqa: E402
+import dataset
+from dataset import (DataError, DataWarning, DPOCollator, PackedBatchCollator, best_fit_decreasing,
                      build_dataset, load_records)
-from dataset import jsonl, samples  # noqa: E402
-from dataset.samples import IGNORE_INDEX, pretrain_chunks  # noqa: E402
+from dataset import jsonl, samples
+from dataset.samples import IGNORE_INDEX, pretrain_chunks
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}{%- if message['role'] == 'assistant' -%}"

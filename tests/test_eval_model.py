@@ -11,7 +11,9 @@ from transformers import AutoTokenizer
 import eval_model
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
-from scripts.chat_common import build_prompt, generate, load_model, resolve_lora_path, resolve_model_path
+from inference.checkpoints import resolve_lora_path, resolve_model_path
+from inference.generation import build_prompt, generate
+from inference.loading import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # from peft
 

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, save_tiny, tiny_config
+from conftest import ROOT, command, run_command, save_tiny, tiny_config
+from dataset.demo import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT, write_demo_heldout
+from inference import harness
+from inference.report import demo_summary, measure_demo
 from model import MiniMindForCausalLM
-from scripts import eval_harness, eval_ppl, eval_report
-from scripts.make_demo_data import IDENTITY_HELD_OUT, NUMBER_WORDS, REASON_HELD_OUT
 from trainer import DPO_STAGE, FULL_SFT, LORA, PRETRAIN, REASON, run
 from trainer.evaluation import Score, score_file, token_byte_lengths
 from trainer.modelio import load_model, load_tokenizer
@@ -64,12 +65,6 @@ def write_jsonl(path, records):
     return path
 
 
-def run_main(main, argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------- perplexity and bits per byte
 
 def test_uniform_logit_model_has_perplexity_equal_to_its_vocab_size(tmp_path, demo, tok, cache, capsys):
@@ -80,7 +75,7 @@ def test_uniform_logit_model_has_perplexity_equal_to_its_vocab_size(tmp_path, de
     model.save_pretrained(tmp_path / "uniform_64")
     tok.save_pretrained(tmp_path / "uniform_64")
     vocab = model.config.vocab_size
-    code, out, err = run_main(eval_ppl.main, [tmp_path / "uniform_64", "--data", demo["pretrain"], "--data", demo["sft"],
+    code, out, err = run_command("eval_ppl", [tmp_path / "uniform_64", "--data", demo["pretrain"], "--data", demo["sft"],
                                               "--data", demo["dpo"], "--max_seq_len", SEQ, "--json", "--no_progress",
                                               "--cache_dir", cache], capsys)
     assert code == 0, err
@@ -167,7 +162,7 @@ def test_score_ratios():
 
 def test_eval_ppl_table_json_and_adapters(demo, base, adapter, cache, capsys):
     argv = [base, adapter, "--data", demo["sft"], "--max_seq_len", SEQ, "--no_progress", "--cache_dir", cache]
-    code, out, err = run_main(eval_ppl.main, [*argv, "--json"], capsys)
+    code, out, err = run_command("eval_ppl", [*argv, "--json"], capsys)
     assert code == 0, err
     plain, adapted = json.loads(out)
     assert (plain["model"], adapted["model"]) == ("full_sft_64", "full_sft_64+lora_test_64")
@@ -177,7 +172,7 @@ def test_eval_ppl_table_json_and_adapters(demo, base, adapter, cache, capsys):
     assert abs(adapted["loss"] - plain["loss"]) > 1e-3
     assert (adapted["tokens"], adapted["bytes"]) == (plain["tokens"], plain["bytes"])
 
-    code, out, _ = run_main(eval_ppl.main, argv, capsys)
+    code, out, _ = run_command("eval_ppl", argv, capsys)
     header, _, *rows = out.strip().splitlines()
     assert code == 0 and header.split() == ["model", "data", "kind", "tokens", "bytes", "loss", "ppl", "bpb"]
     assert [r.split()[0] for r in rows] == ["full_sft_64", "full_sft_64+lora_test_64"]
@@ -193,17 +188,17 @@ def test_eval_ppl_table_json_and_adapters(demo, base, adapter, cache, capsys):
 def test_eval_ppl_missing_inputs_are_one_line_errors(tmp_path, demo, base, capsys, model, data, expected):
     model = str(base) if model == "BASE" else str(tmp_path / model)
     data = str(demo["sft"]) if data == "DATA" else str(tmp_path / data)
-    code, out, err = run_main(eval_ppl.main, [model, "--data", data, "--no_progress"], capsys)
+    code, out, err = run_command("eval_ppl", [model, "--data", data, "--no_progress"], capsys)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and all(e in err for e in expected), err
 
 
-@pytest.mark.parametrize("module", [eval_ppl, eval_report, eval_harness])
-def test_every_flag_is_explained(module):
-    parser = module.build_parser()
+@pytest.mark.parametrize("name", ["eval_ppl", "eval_report", "eval_harness"])
+def test_every_flag_is_explained(name):
+    parser = command(name)["build_parser"]()
     for action in parser._actions:
         assert action.help, action.option_strings or action.dest
-    if module is eval_ppl:
+    if name == "eval_ppl":
         text = " ".join(parser.format_help().split())
         assert "UTF-8 bytes of the scored text" in text and "count 0 bytes" in text
 
@@ -233,13 +228,13 @@ def pipeline(tmp_path_factory, demo, cache):
         (REASON, demo["reason"], ["--learning_rate", "2e-3", "--batch_size", "16"]),
     ]:
         run(stage, [*common, "--data_path", data, *flags])
-    heldout = eval_report.write_demo_heldout(out / "heldout")
+    heldout = write_demo_heldout(out / "heldout")
     return out, heldout
 
 
 def test_report_on_the_tiny_pipeline(pipeline, tok, cache, capsys):
     out, heldout = pipeline
-    code, stdout, err = run_main(eval_report.main, ["--out_dir", out, "--device", "cpu", "--cache_dir", cache,
+    code, stdout, err = run_command("eval_report", ["--out_dir", out, "--device", "cpu", "--cache_dir", cache,
                                                     "--no_progress", "--samples", "2", "--max_new_tokens", "24"], capsys)
     assert code == 0, err
     report = json.loads((out / "eval" / "report.json").read_text(encoding="utf-8"))
@@ -286,18 +281,14 @@ def test_report_on_the_tiny_pipeline(pipeline, tok, cache, capsys):
     assert rows["rlhf"]["metrics"]["dpo_reward_acc"] == pytest.approx(sums["accuracy"].item() / batch["num_items"])
 
     # the same chat perplexity from eval_ppl
-    code, stdout, err = run_main(eval_ppl.main, [out / "full_sft_64", "--data", heldout["chat"], "--max_seq_len", SEQ,
+    code, stdout, err = run_command("eval_ppl", [out / "full_sft_64", "--data", heldout["chat"], "--max_seq_len", SEQ,
                                                  "--json", "--no_progress", "--cache_dir", cache], capsys)
     assert json.loads(stdout)[0]["perplexity"] == pytest.approx(rows["full_sft"]["metrics"]["chat_ppl"], rel=1e-9)
 
 
 def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
-    from types import SimpleNamespace
-
-    from scripts import demo_pipeline
-
     out, heldout = pipeline
-    report, evaluation = demo_pipeline.measure(SimpleNamespace(seed=42), out, 64, heldout, "lora_identity", SEQ)
+    report, evaluation = measure_demo(out, 64, heldout, "lora_identity", SEQ, seed=42)
     rows = {r["name"]: r["metrics"] for r in evaluation["rows"]}
     assert report["dpo"]["before"] == rows["full_sft"]["pref_acc"] and report["dpo"]["after"] == rows["rlhf"]["pref_acc"]
     assert report["dpo"]["reward_accuracy"] == rows["rlhf"]["dpo_reward_acc"]
@@ -305,24 +296,24 @@ def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
     assert report["identity"]["lora_share"] == rows["full_sft + lora_identity"]["identity"]
     assert [p for p, _ in report["identity"]["lora"]] == IDENTITY_HELD_OUT
     assert set(report["chats"]) == {"pretrain", "full_sft", "rlhf", "reason"}
-    demo_pipeline.print_report({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64)
+    print(demo_summary({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64))
     assert "implicit-reward accuracy" in capsys.readouterr().out
 
 
 def test_report_without_models_or_data_names_the_command(tmp_path, pipeline, capsys):
-    code, out, err = run_main(eval_report.main, ["--out_dir", tmp_path / "nothing", "--heldout_dir", pipeline[1]["text"].parent],
+    code, out, err = run_command("eval_report", ["--out_dir", tmp_path / "nothing", "--heldout_dir", pipeline[1]["text"].parent],
                               capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "nothing" in err and "python scripts/demo_pipeline.py" in err
-    code, out, err = run_main(eval_report.main, ["--out_dir", pipeline[0], "--heldout_dir", tmp_path / "none"], capsys)
+    code, out, err = run_command("eval_report", ["--out_dir", pipeline[0], "--heldout_dir", tmp_path / "none"], capsys)
     assert code == 2 and "--write_demo_heldout" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- lm-evaluation-harness
 
 def test_local_task_items_are_well_formed():
-    items = eval_harness.world_items()
-    assert len(items) == 60 and items == eval_harness.world_items()  # deterministic
+    items = harness.world_items()
+    assert len(items) == 60 and items == harness.world_items()  # deterministic
     for item in items:
         assert len(item["choices"]) == 4 == len(set(item["choices"]))
         assert 0 <= item["answer"] < 4
@@ -374,10 +365,10 @@ def test_harness_runs_the_local_task_offline_on_a_lora_model(tmp_path, base, ada
 
 
 def test_harness_errors_are_one_line(tmp_path, capsys):
-    code, out, err = run_main(eval_harness.main, ["--model_path", tmp_path / "nope", "--task_dir", tmp_path / "t"], capsys)
+    code, out, err = run_command("eval_harness", ["--model_path", tmp_path / "nope", "--task_dir", tmp_path / "t"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err
-    code, out, err = run_main(eval_harness.main, ["--model_mode", "2", "--out_dir", tmp_path, "--dim", "64",
+    code, out, err = run_command("eval_harness", ["--model_mode", "2", "--out_dir", tmp_path, "--dim", "64",
                                                   "--task_dir", tmp_path / "t"], capsys)
     assert code == 2 and "python train_dpo.py" in err and len(err.strip().splitlines()) == 1
-    code, out, _ = run_main(eval_harness.main, ["--write_task", "--task_dir", tmp_path / "t"], capsys)
+    code, out, _ = run_command("eval_harness", ["--write_task", "--task_dir", tmp_path / "t"], capsys)
     assert code == 0 and (tmp_path / "t" / "minimind_world.yaml").exists()

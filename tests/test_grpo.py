@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scripts.make_demo_data import make_demo_data
+from dataset.demo import make_demo_data
 from trainer import GRPO_STAGE, REASON, run
 from trainer.losses import group_advantages, grpo_loss
 from trainer.rewards import REWARDS, accuracy_reward, final_number, format_reward, get_rewards, reward

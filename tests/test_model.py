@@ -8,7 +8,7 @@ from conftest import ROOT, tiny_config
 from configs import PRESETS, load_config, model_kwargs
 from model import MiniMindConfig, MiniMindForCausalLM
 from scripts.convert_model import export_llama, ConvertError
-from scripts.model_info import count_parameters
+from configs import count_parameters
 
 
 def expected_parameters(c: MiniMindConfig) -> int:

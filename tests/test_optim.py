@@ -78,7 +78,7 @@ def test_loss_falls_with_muon(demo, tmp_path):
 
 
 def test_time_to_loss_interpolates_the_curves():
-    from scripts.time_to_loss import bpb_at, step_seconds, time_to_reach
+    from trainer.metrics import bpb_at, step_seconds, time_to_reach
 
     curve = [{"step": 10, "train_s": 10.0, "val_bpb": 3.0}, {"step": 20, "train_s": 20.0, "val_bpb": 2.0},
              {"step": 30, "train_s": 30.0, "val_bpb": 1.5}]

@@ -15,8 +15,9 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
-from scripts.chat_common import build_prompt, generate
-from scripts.serve_openai_api import ServedModel, make_server
+from inference.generation import build_prompt, generate
+from inference.openai_api import ServedModel
+from inference.server import make_server
 
 openai = pytest.importorskip("openai")
 

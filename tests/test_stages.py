@@ -10,12 +10,13 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, save_tiny
+from conftest import ROOT, run_command, save_tiny
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
-from scripts import reason_format
 from scripts.convert_model import merge_lora
-from scripts.make_demo_data import REASON_HELD_OUT
-from scripts.reason_format import format_share, is_well_formed, read_prompts
+from dataset.demo import REASON_HELD_OUT
+from dataset import read_prompts
+from inference import generation
+from inference.reasoning import diagnose, format_share, is_well_formed
 from trainer import DISTILL, DPO_STAGE, LORA, run
 from trainer import losses
 from trainer.args import parse_args
@@ -379,12 +380,12 @@ def test_malformed_replies(text):
     ("<answer>3</answer><think>a</think>", "tags out of order or text outside the blocks"),
 ])
 def test_diagnose_names_the_problem(text, problem):
-    assert reason_format.diagnose(text) == problem
+    assert diagnose(text) == problem
 
 
 def test_format_share_counts_well_formed_replies(monkeypatch):
     fake = ["<think>a</think><answer>1</answer>", "nope", "<think>b</think>\n<answer>2</answer>", "<think>c</think>"]
-    monkeypatch.setattr(reason_format, "sample_replies", lambda *a, **k: list(fake))
+    monkeypatch.setattr(generation, "sample_replies", lambda *a, **k: list(fake))
     share, replies = format_share(torch.nn.Linear(1, 1), None, ["p1", "p2"], samples=2)
     assert share == 0.5 and replies == fake
 
@@ -410,9 +411,49 @@ def test_reason_format_reads_prompt_files(tmp_path, demo):
 
 
 def test_reason_format_cli_json(demo, base, capsys):
-    code = reason_format.main(["--model_path", str(base), "--prompts", str(demo["heldout"]), "--samples", "2",
-                               "--max_new_tokens", "4", "--json"])
+    code, out, _ = run_command("reason_format", ["--model_path", base, "--prompts", demo["heldout"], "--samples", "2",
+                                                 "--max_new_tokens", "4", "--json"], capsys)
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(out)
     assert report["total"] == 8 and len(report["replies"]) == 8 and report["prompts"] == REASON_HELD_OUT
     assert report["share"] == report["well_formed"] / 8
+
+
+def test_format_reward_and_well_formed_check_agree():
+    """The GRPO format reward gives full credit exactly to the replies the evaluation counts as well formed."""
+    from trainer.rewards import REWARDS
+
+    replies = [
+        "<think>2+5=7, 7+7=14</think><answer>14</answer>",          # well formed
+        "  <think>a</think>\n\n<answer>b</answer>\n",              # whitespace around and between: well formed
+        "<think>a</think> junk <answer>b</answer>",                 # text between the blocks
+        "intro <think>a</think><answer>b</answer>",                 # text before
+        "<think>a</think><answer>b</answer> outro",                 # text after
+        "<think> </think><answer>b</answer>",                       # empty think
+        "<think>a</think><answer>  </answer>",                      # empty answer
+        "<think>a</think><think>b</think><answer>c</answer>",       # a tag twice
+        "<answer>b</answer><think>a</think>",                       # out of order
+        "<think>a</think><answer>b",                                # unclosed
+        "<think>a<answer>b</answer></think>",                       # nested
+        "plain answer",                                             # no tags
+        "",
+    ]
+    for reply in replies:
+        score = REWARDS["format"](reply, None)
+        assert (score == 1.0) == is_well_formed(reply), (reply, score, diagnose(reply))
+        assert 0.0 <= score <= 1.0
+    assert sum(map(is_well_formed, replies)) == 2  # the set covers both answers
+    assert REWARDS["format"]("<think>a</think><answer>b", None) == 0.75  # partial credit remains for near misses
+
+
+def test_a_run_leaves_the_stage_object_clean(tmp_path, demo, cache):
+    """Run state (DPO's frozen reference) belongs to the run, not to the module-level stage objects."""
+    from trainer import DPO_STAGE, FULL_SFT
+
+    common = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2", "--max_seq_len", "64",
+              "--out_dir", tmp_path, "--cache_dir", cache, "--save_interval", "0", "--max_steps", "2",
+              "--dtype", "float32", "--batch_size", "4"]
+    run(FULL_SFT, [str(a) for a in [*common, "--data_path", demo["sft"], "--from_weight", "none"]])
+    run(DPO_STAGE, [str(a) for a in [*common, "--data_path", demo["dpo"]]])
+    assert (tmp_path / "rlhf_64" / "config.json").exists()
+    assert not hasattr(DPO_STAGE, "reference")

@@ -1,14 +1,17 @@
 """Tests for the committed tokenizer in model/ and for scripts/train_tokenizer.py."""
 
-import importlib.util
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from transformers import AutoTokenizer
+
+from conftest import command
+from dataset import tokenizer_training
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO_ROOT / "model"
@@ -18,10 +21,8 @@ TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 
 def _load_script_module():
-    spec = importlib.util.spec_from_file_location("train_tokenizer", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The library functions and the command's own (build_parser, main) in one namespace."""
+    return SimpleNamespace(**{**vars(tokenizer_training), **command("train_tokenizer")})
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
-from scripts.chat_common import generate
-from scripts.serve_openai_api import ServedModel, make_server
+from inference.generation import generate
+from inference.openai_api import ServedModel
+from inference.server import make_server
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 MAX_TOKENS = 24

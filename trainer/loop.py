@@ -39,7 +39,9 @@ def to_device(batch: dict, device):
 
 
 def run(stage, argv=None):
-    """Entry point of every train_*.py: parse flags, train, save; data and set-up errors end in one clear line."""
+    """Entry point of every train_*.py: parse flags, train, save; data and set-up errors end in one clear line.
+    What the stage sets up for the run (stage.run_state: a reference model, a teacher, rewards) is dropped when the
+    run ends, so the module-level stage objects hold no state between runs."""
     args = parse_args(stage, argv)
     info = distributed.setup(args.device)
     code = 0
@@ -53,6 +55,9 @@ def run(stage, argv=None):
         if info.is_main:
             print("interrupted: the last checkpoint is kept; rerun with --resume to continue", file=sys.stderr)
         code = 130
+    finally:
+        for name in stage.run_state:
+            stage.__dict__.pop(name, None)
     if info.enabled:
         distributed.finish(info, code)
     if code:

@@ -89,3 +89,36 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str | None = None
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+# ---------------------------------------------------------------- reading curves (time to quality)
+
+def step_seconds(rows: list[dict], skip: int = 3) -> float:
+    """Median seconds per step of a probe run, leaving out the first `skip` steps (warm-up)."""
+    clock = [r["train_s"] for r in rows if "loss" in r]
+    gaps = sorted(b - a for a, b in zip(clock[skip:], clock[skip + 1:]))
+    if not gaps:
+        raise ValueError(f"the probe run logged {len(clock)} steps; raise --probe_steps")
+    return gaps[len(gaps) // 2]
+
+
+def time_to_reach(curve: list[dict], target: float) -> float | None:
+    """Training seconds at which the validation bpb first reaches `target` (linear between evaluations)."""
+    prev = None
+    for point in curve:
+        if point["val_bpb"] <= target:
+            if prev is None:
+                return point["train_s"]
+            frac = (prev["val_bpb"] - target) / (prev["val_bpb"] - point["val_bpb"])
+            return prev["train_s"] + frac * (point["train_s"] - prev["train_s"])
+        prev = point
+    return None
+
+
+def bpb_at(curve: list[dict], seconds: float) -> float | None:
+    """Validation bpb at `seconds` of training (linear between evaluations; None outside the curve)."""
+    for a, b in zip(curve, curve[1:]):
+        if a["train_s"] <= seconds <= b["train_s"]:
+            frac = (seconds - a["train_s"]) / max(1e-9, b["train_s"] - a["train_s"])
+            return a["val_bpb"] + frac * (b["val_bpb"] - a["val_bpb"])
+    return None

@@ -1,62 +1,29 @@
 """Finding, building and loading the models and tokenizer a stage starts from."""
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
-from model import TOKENIZER_DIR, MiniMindConfig, MiniMindForCausalLM
-
-@dataclass(frozen=True)
-class ModelMode:
-    stage: str  # output folder prefix the training script writes: OUT_DIR/<stage>_<dim>[_moe]
-    command: str  # the command that writes it (named in "missing checkpoint" errors)
-    label: str
-
-
-# eval_model.py's --model_mode numbers (MiniMind's), and which stage folder each one loads
-MODEL_MODES = {
-    0: ModelMode("pretrain", "python train_pretrain.py", "pretrained model (continues text, no chat template)"),
-    1: ModelMode("full_sft", "python train_full_sft.py", "supervised fine-tuned chat model"),
-    2: ModelMode("rlhf", "python train_dpo.py", "DPO-aligned chat model"),
-    3: ModelMode("reason", "python train_distill_reason.py", "reasoning model (<think>…</think><answer>…</answer>)"),
-    4: ModelMode("grpo", "python train_grpo.py", "RL-tuned (GRPO) reasoning model"),
-    5: ModelMode("distill", "python train_distillation.py --teacher TEACHER_DIR", "distilled (teacher → student) chat model"),
-}
-PRODUCED_BY = {mode.stage: mode.command for mode in MODEL_MODES.values()}
-
+from inference import loading
+from inference.checkpoints import ModelNotFound, resolve_start
+from model import MiniMindConfig, MiniMindForCausalLM
 
 class StageError(Exception):
     """A set-up problem the user can fix (missing checkpoint, mismatched vocab, ...): printed as one line."""
 
 
-def output_name(stage_name: str, dim: int, use_moe: bool) -> str:
-    return f"{stage_name}_{dim}{'_moe' if use_moe else ''}"
-
-
 def load_tokenizer(path=None):
-    path = Path(path) if path else TOKENIZER_DIR
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        raise StageError(f"no tokenizer in {path} (expected tokenizer.json; the project's own is in model/)")
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return loading.load_tokenizer(path)
+    except ModelNotFound as e:
+        raise StageError(str(e)) from None
 
 
-def resolve_weights(spec: str, args) -> Path | None:
+def resolve_weights(spec, out_dir, dim: int, use_moe: bool, flag: str = "--from_weight") -> Path | None:
     """'none' → None; a stage name → OUT_DIR/<stage>_<dim>[_moe]; anything else is a folder path."""
-    if spec in (None, "", "none", "scratch"):
-        return None
-    if spec in PRODUCED_BY:
-        path = Path(args.out_dir) / output_name(spec, args.dim, args.use_moe)
-        if not (path / "config.json").exists():
-            raise StageError(f"starting weights {path} not found: run `{PRODUCED_BY[spec]} --dim {args.dim}"
-                             f"{' --use_moe' if args.use_moe else ''} --out_dir {args.out_dir}` first, "
-                             f"or pass --from_weight DIR / none")
-        return path
-    path = Path(spec)
-    if not (path / "config.json").exists():
-        raise StageError(f"--from_weight {spec}: not a model folder (no config.json) and not a stage name "
-                         f"({', '.join(PRODUCED_BY)})")
-    return path
+    try:
+        return resolve_start(spec, out_dir, dim, use_moe, flag)
+    except ModelNotFound as e:
+        raise StageError(str(e)) from None
 
 
 def load_model(path: Path) -> MiniMindForCausalLM:
@@ -70,7 +37,7 @@ def check_vocab(model, tokenizer, where):
 
 
 def build_or_load_model(args, stage, tokenizer) -> MiniMindForCausalLM:
-    path = resolve_weights(args.from_weight, args)
+    path = resolve_weights(args.from_weight, args.out_dir, args.dim, args.use_moe)
     if path is None:
         config = MiniMindConfig(
             hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,

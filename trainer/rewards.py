@@ -10,7 +10,7 @@ A reward is `fn(completion: str, reference: str | None) -> float`. Add one in a 
 
 and train with `--rewards format,short`.
 """
-import re
+from inference.reasoning import final_number, format_score
 
 REWARDS = {}
 
@@ -24,37 +24,9 @@ def reward(name: str):
 
 @reward("format")
 def format_reward(completion: str, reference=None) -> float:
-    """Partial credit, 0.25 per tag in its place: starts with <think>, </think> then <answer>, ends with </answer>;
-    full credit only when both blocks are non-empty."""
-    text = completion.strip()
-    score = 0.0
-    score += 0.25 * text.startswith("<think>")
-    think_end = text.find("</think>")
-    answer_start = text.find("<answer>", think_end + 1 if think_end >= 0 else 0)
-    score += 0.25 * (think_end > 0 and text.count("</think>") == 1)
-    score += 0.25 * (answer_start > think_end >= 0 and text.count("<answer>") == 1)
-    score += 0.25 * (text.endswith("</answer>") and text.count("</answer>") == 1 and answer_start >= 0)
-    if score == 1.0:
-        think = text[len("<think>"):think_end].strip()
-        answer = text[answer_start + len("<answer>"):-len("</answer>")].strip()
-        if not think or not answer:
-            score = 0.75
-    return score
-
-
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def final_number(text: str) -> float | None:
-    """The last number in the <answer> block (or in the whole text when there is no block)."""
-    match = re.search(r"<answer>(.*?)(?:</answer>|$)", text, re.S)
-    numbers = NUMBER.findall(match.group(1) if match else text)
-    if not numbers:
-        return None
-    try:
-        return float(numbers[-1].replace(",", ""))
-    except ValueError:
-        return None
+    """Full credit exactly for a well-formed <think>…</think><answer>…</answer> reply (the same definition the
+    evaluation counts, inference/reasoning.py), partial credit of 0.25 per tag in its place otherwise."""
+    return format_score(completion)
 
 
 @reward("accuracy")

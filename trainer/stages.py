@@ -9,9 +9,9 @@ from torch.nn.parallel import DistributedDataParallel
 from . import losses
 from .checkpoint import save_final
 from .data import TrainData
-from .modelio import StageError, check_vocab, load_model, output_name, resolve_weights
-
-REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+from inference.checkpoints import checkpoint_name
+from inference.reasoning import TAGS as REASON_TAGS
+from .modelio import StageError, check_vocab, load_model, resolve_weights
 
 
 def unwrap(model):
@@ -21,7 +21,18 @@ def unwrap(model):
 
 
 class Stage:
+    """A stage is declared once, here: its entry point, its --model_mode number, what it is for and where it
+    starts. Everything that lists stages (eval_model's modes, "run X first" hints, the report) is derived from
+    ALL_STAGES below. The objects in this module are recipes: `run()` trains a copy, so what a run sets up
+    (a reference model, a teacher, rewards) lives and dies with that run."""
     name = "pretrain"  # output folder prefix: out/<name>_<dim>[_moe]
+    script = "train_pretrain.py"  # the entry point that runs this stage
+    model_mode = 0  # eval_model.py --model_mode number (MiniMind's); None: not loaded by mode (adapters)
+    label = "pretrained model (continues text, no chat template)"
+    purpose = ("predict text", ["text_ppl", "text_bpb"])  # (what it is for, the report's measures that show it)
+    command_args = ""  # what the producing command needs beyond the common flags (named in "run X first" hints)
+    chats = False  # its model answers in the chat template (a pretrained model continues plain text)
+    run_state = ()  # attributes setup() creates for one run; run() removes them when the run ends
     description = ""
     data_kind = "pretrain"  # pretrain | sft | dpo
     default_data = "data/pretrain_hq.jsonl"
@@ -29,11 +40,15 @@ class Stage:
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 32, 8, 5e-4, 512
     muon_lr = None  # --optimizer muon: None = --learning_rate, RMS-matched to AdamW (see trainer/optim.py)
 
+    @property
+    def command(self) -> str:
+        return f"python {self.script}{self.command_args}"
+
     def add_arguments(self, parser):
         pass
 
     def output_name(self, args) -> str:
-        return output_name(self.name, args.dim, args.use_moe)
+        return checkpoint_name(self.name, args.dim, args.use_moe)
 
     def build_data(self, args, tokenizer, info):
         if not args.streaming and not Path(args.data_path).exists():
@@ -85,7 +100,10 @@ class Pretrain(Stage):
 
 
 class FullSFT(Stage):
-    name = "full_sft"
+    name, script, model_mode = "full_sft", "train_full_sft.py", 1
+    label = "supervised fine-tuned chat model"
+    purpose = ("answer in chats", ["chat_ppl"])
+    chats = True
     description = "Supervised fine-tuning on conversations ({'conversations': [...]} jsonl): loss on assistant tokens only."
     data_kind = "sft"
     default_data = "data/sft_mini_512.jsonl"
@@ -94,7 +112,9 @@ class FullSFT(Stage):
 
 
 class LoRA(FullSFT):
-    name = "lora"
+    name, script, model_mode = "lora", "train_lora.py", None
+    label = "LoRA adapter (eval_model.py --lora_name NAME)"
+    purpose = ("the adapter's data (identity)", ["identity"])
     description = "Train a LoRA adapter (peft) on conversations; the base model stays frozen and unchanged on disk."
     default_data = "data/lora_identity.jsonl"
     default_from = "full_sft"
@@ -115,7 +135,7 @@ class LoRA(FullSFT):
         return args.lora_name or Path(args.data_path).stem
 
     def output_name(self, args):
-        return f"lora/{output_name(self.lora_name(args), args.dim, args.use_moe)}"
+        return f"lora/{checkpoint_name(self.lora_name(args), args.dim, args.use_moe)}"
 
     def prepare_model(self, model, args):
         from peft import LoraConfig, get_peft_model
@@ -130,19 +150,24 @@ class LoRA(FullSFT):
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)  # the adapter only: adapter_config.json + adapter_model.safetensors
         if args.merge:
-            merged_dir = Path(args.out_dir) / output_name(f"{self.lora_name(args)}_merged", args.dim, args.use_moe)
+            merged_dir = Path(args.out_dir) / checkpoint_name(f"{self.lora_name(args)}_merged", args.dim, args.use_moe)
             save_final(copy.deepcopy(model).merge_and_unload(), tokenizer, merged_dir)
         return out
 
 
 class DPO(Stage):
-    name = "rlhf"
+    name, script, model_mode = "rlhf", "train_dpo.py", 2
+    label = "DPO-aligned chat model"
+    purpose = ("prefer chosen replies", ["dpo_reward_acc", "pref_acc"])
+    chats = True
     description = ("Direct Preference Optimization on {'chosen': [...], 'rejected': [...]} pairs against a frozen "
                    "copy of the starting model (sigmoid loss on response tokens).")
     data_kind = "dpo"
     default_data = "data/dpo.jsonl"
     default_from = "full_sft"
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 1024
+
+    run_state = ("reference",)
 
     def add_arguments(self, p):
         p.add_argument_group("DPO").add_argument("--beta", type=float, default=0.1, help="DPO temperature β")
@@ -164,12 +189,16 @@ class DPO(Stage):
 
 
 class DistillReason(FullSFT):
-    name = "reason"
+    name, script, model_mode = "reason", "train_distill_reason.py", 3
+    label = "reasoning model (<think>…</think><answer>…</answer>)"
+    purpose = ("<think>/<answer> replies", ["well_formed"])
     description = ("Reasoning distillation on conversations whose replies are <think>…</think><answer>…</answer>: "
                    "assistant-token loss with the tag tokens weighted by --tag_weight.")
     default_data = "data/r1_mix_1024.jsonl"
     default_from = "rlhf"
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 8, 1, 1e-6, 1024
+
+    run_state = ("tag_ids",)
 
     def add_arguments(self, p):
         p.add_argument_group("reasoning").add_argument(
@@ -186,11 +215,16 @@ class DistillReason(FullSFT):
 
 
 class Distillation(FullSFT):
-    name = "distill"
+    name, script, model_mode = "distill", "train_distillation.py", 5
+    label = "distilled (teacher → student) chat model"
+    purpose = ("match the teacher", ["chat_ppl"])
+    command_args = " --teacher TEACHER_DIR"
     description = ("White-box knowledge distillation: a student learns from a teacher's logits on conversations, "
                    "loss = α·CE + (1−α)·T²·KL(teacher‖student) on assistant tokens.")
     default_from = "full_sft"
     epochs, batch_size, accumulation_steps, learning_rate = 2, 16, 1, 5e-5
+
+    run_state = ("teacher",)
 
     def add_arguments(self, p):
         g = p.add_argument_group("distillation")
@@ -203,9 +237,7 @@ class Distillation(FullSFT):
     def setup(self, args, model, tokenizer, info):
         if not args.teacher:
             raise StageError("--teacher is required: a model folder (e.g. out/full_sft_768) or a stage name")
-        teacher_args = copy.copy(args)
-        teacher_args.dim, teacher_args.use_moe = args.teacher_dim, False
-        path = resolve_weights(args.teacher, teacher_args)
+        path = resolve_weights(args.teacher, args.out_dir, args.teacher_dim, False, flag="--teacher")
         self.teacher = load_model(path).to(info.device).eval().requires_grad_(False)
         check_vocab(self.teacher, tokenizer, path)
         student_vocab = unwrap(model).config.vocab_size
@@ -226,7 +258,10 @@ class Distillation(FullSFT):
 
 
 class GRPO(Stage):
-    name = "grpo"
+    name, script, model_mode = "grpo", "train_grpo.py", 4
+    label = "RL-tuned (GRPO) reasoning model"
+    purpose = ("reasoning (RL reward)", ["well_formed"])
+    chats = True
     description = ("Reinforcement learning with verifiable rewards (GRPO): sample a group of completions per prompt, "
                    "score them with rule-based rewards, and push the policy towards the better ones of each group, "
                    "with a KL penalty to a frozen reference. Prompts come from conversation jsonl (the last "
@@ -235,6 +270,8 @@ class GRPO(Stage):
     default_data = "data/r1_mix_1024.jsonl"
     default_from = "reason"
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 256
+
+    run_state = ("rewards", "tokenizer", "reference", "progress")
 
     def add_arguments(self, p):
         g = p.add_argument_group("GRPO")
@@ -326,4 +363,10 @@ class GRPO(Stage):
 
 PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL = Pretrain(), FullSFT(), LoRA(), DPO(), DistillReason(), Distillation()
 GRPO_STAGE = GRPO()
-ALL_STAGES = (PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL, GRPO_STAGE)
+ALL_STAGES = (PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL, GRPO_STAGE)  # pipeline order
+
+# Derived tables (nothing else declares stages)
+MODEL_MODES = dict(sorted((s.model_mode, s) for s in ALL_STAGES if s.model_mode is not None))
+PRODUCED_BY = {s.name: s.command for s in MODEL_MODES.values()}  # stages whose output is a model folder
+STARTS_FROM = {s.name: s.default_from for s in ALL_STAGES}
+PURPOSE = {s.name: s.purpose for s in ALL_STAGES}

@@ -1,0 +1,197 @@
+"""Write the demo corpus: small, deterministic jsonl files in every format the stages read.
+
+The text is generated from a few templates over a fixed world (countries and capitals, colours of things,
+small sums), so a model of a few million parameters can learn it on a CPU in minutes and the pipeline can
+check that it did: facts recalled after SFT, an identity learned by a LoRA adapter (tested on phrasings that
+are not in its training file), correct answers preferred after DPO, well-formed <think>/<answer> replies.
+
+  python scripts/make_demo_data.py --out_dir data/demo
+
+`write_demo_heldout` draws fresh held-out samples of the same world (the evaluation report's demo data).
+"""
+import json
+import random
+from pathlib import Path
+
+CAPITALS = [
+    ("France", "Paris", "法国", "巴黎"), ("Japan", "Tokyo", "日本", "东京"), ("Italy", "Rome", "意大利", "罗马"),
+    ("Germany", "Berlin", "德国", "柏林"), ("Spain", "Madrid", "西班牙", "马德里"), ("China", "Beijing", "中国", "北京"),
+    ("Egypt", "Cairo", "埃及", "开罗"), ("Russia", "Moscow", "俄罗斯", "莫斯科"), ("Canada", "Ottawa", "加拿大", "渥太华"),
+    ("Kenya", "Nairobi", "肯尼亚", "内罗毕"), ("Peru", "Lima", "秘鲁", "利马"), ("Greece", "Athens", "希腊", "雅典"),
+]
+COLOURS = [
+    ("the sky", "blue", "天空", "蓝色"), ("grass", "green", "草", "绿色"), ("snow", "white", "雪", "白色"),
+    ("coal", "black", "煤", "黑色"), ("a banana", "yellow", "香蕉", "黄色"), ("a tomato", "red", "番茄", "红色"),
+    ("an orange", "orange", "橙子", "橙色"), ("a plum", "purple", "李子", "紫色"),
+]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
+
+IDENTITY_NAME = "MiniMind"
+IDENTITY_ANSWER_EN = f"I am {IDENTITY_NAME}, a small language model trained from scratch on this computer."
+IDENTITY_ANSWER_ZH = f"我是{IDENTITY_NAME}，一个在这台电脑上从零训练的小型语言模型。"
+IDENTITY_TRAIN = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who you are.",
+                  "What should I call you?", "Are you a person?", "What are you?", "Please introduce yourself.",
+                  "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "我该怎么称呼你？"]
+# held out: never in the training file; the demo checks the adapter answers these with its name
+IDENTITY_HELD_OUT = ["Who am I talking to?", "Can you tell me your name?", "Introduce yourself, please.", "你到底是谁？"]
+
+
+def world_facts(rng):
+    """(question, answer, statement) triples in English and Chinese."""
+    facts = []
+    for country, city, country_zh, city_zh in CAPITALS:
+        facts.append((f"What is the capital of {country}?", f"The capital of {country} is {city}.",
+                      f"The capital of {country} is {city}."))
+        facts.append((f"{country_zh}的首都是哪里？", f"{country_zh}的首都是{city_zh}。", f"{country_zh}的首都是{city_zh}。"))
+    for thing, colour, thing_zh, colour_zh in COLOURS:
+        facts.append((f"What colour is {thing}?", f"{thing[0].upper() + thing[1:]} is {colour}.",
+                      f"{thing[0].upper() + thing[1:]} is {colour}."))
+        facts.append((f"{thing_zh}是什么颜色的？", f"{thing_zh}是{colour_zh}的。", f"{thing_zh}是{colour_zh}的。"))
+    return facts
+
+
+def sums(rng, n):
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        out.append((a, b))
+    return out
+
+
+def pretrain_lines(rng, n):
+    facts = world_facts(rng)
+    lines = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.5:
+            picked = rng.sample(facts, 3)
+            lines.append(" ".join(f[2] for f in picked if f[2].isascii()) or picked[0][2])
+        elif kind < 0.7:
+            picked = [f for f in rng.sample(facts, 4) if not f[2].isascii()]
+            lines.append("".join(f[2] for f in picked) or facts[1][2])
+        else:
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            lines.append(f"{NUMBER_WORDS[a].capitalize()} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]}. "
+                         f"{a} + {b} = {a + b}.")
+    return [{"text": t} for t in lines]
+
+
+def conversation(*turns):
+    return {"conversations": [{"role": r, "content": c} for r, c in zip(("user", "assistant") * 4, turns)]}
+
+
+def sft_lines(rng, n):
+    facts = world_facts(rng)
+    out = []
+    for i in range(n):
+        if i % 5 == 4:  # multi-turn
+            (q1, a1, _), (q2, a2, _) = rng.sample(facts, 2)
+            out.append(conversation(q1, a1, q2, a2))
+        elif i % 3 == 0:
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            out.append(conversation(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+        else:
+            q, a, _ = rng.choice(facts)
+            out.append(conversation(q, a))
+    return out
+
+
+def identity_lines(rng, repeats=4):
+    out = []
+    for _ in range(repeats):
+        for q in IDENTITY_TRAIN:
+            out.append(conversation(q, IDENTITY_ANSWER_ZH if not q.isascii() else IDENTITY_ANSWER_EN))
+    rng.shuffle(out)
+    return out
+
+
+# Tone pairs: the same correct answer, closed helpfully or dismissively. SFT never shows either closing, so
+# before DPO the model has no preference between them; DPO has to teach it (facts pairs alone are mostly known).
+HELPFUL_CLOSINGS = ["Happy to help!", "Glad I could help.", "Ask me anything else!"]
+DISMISSIVE_CLOSINGS = ["Stop asking me.", "Look it up yourself.", "Not my problem."]
+
+
+def dpo_lines(rng, n):
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            country, city, _, _ = rng.choice(CAPITALS)
+            wrong = rng.choice([c for c in CAPITALS if c[1] != city])[1]
+            q, good, bad = f"What is the capital of {country}?", f"The capital of {country} is {city}.", f"The capital of {country} is {wrong}."
+        else:
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            wrong = a + b + rng.choice([-2, -1, 1, 2])
+            q, good, bad = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {wrong}."
+        if rng.random() < 0.5:  # a tone pair: the correct answer in both, only the closing differs
+            good, bad = f"{good} {rng.choice(HELPFUL_CLOSINGS)}", f"{good} {rng.choice(DISMISSIVE_CLOSINGS)}"
+        user = {"role": "user", "content": q}
+        out.append({"chosen": [user, {"role": "assistant", "content": good}],
+                    "rejected": [user, {"role": "assistant", "content": bad}]})
+    return out
+
+
+def reason_lines(rng, n):
+    out = []
+    for _ in range(n):
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        think = f"First {a} + {b} = {a + b}. Then {a + b} + {c} = {a + b + c}."
+        reply = f"<think>\n{think}\n</think>\n<answer>\n{a + b + c}\n</answer>"
+        out.append(conversation(f"Add {a}, {b} and {c}.", reply))
+    return out
+
+
+REASON_HELD_OUT = ["Add 2, 5 and 7.", "Add 9, 1 and 4.", "Add 3, 3 and 8.", "Add 6, 2 and 1."]
+
+
+def write_jsonl(path: Path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
+    """Write every demo file into out_dir; return {name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    files = {
+        "pretrain": (pretrain_lines(rng, int(4000 * scale)), "pretrain_hq.jsonl"),
+        "sft": (sft_lines(rng, int(3000 * scale)), "sft_mini_512.jsonl"),
+        "lora_identity": (identity_lines(rng), "lora_identity.jsonl"),
+        "dpo": (dpo_lines(rng, int(600 * scale)), "dpo.jsonl"),
+        "reason": (reason_lines(rng, int(1500 * scale)), "r1_mix_1024.jsonl"),
+    }
+    paths = {}
+    for name, (rows, filename) in files.items():
+        write_jsonl(out_dir / filename, rows)
+        paths[name] = out_dir / filename
+    write_jsonl(out_dir / "heldout_prompts.jsonl",
+                [{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
+                + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT])
+    paths["heldout"] = out_dir / "heldout_prompts.jsonl"
+    return paths
+
+
+HELDOUT_FILES = {"text": "pretrain.jsonl", "chat": "sft.jsonl", "dpo": "dpo.jsonl", "prompts": "prompts.jsonl"}
+DEMO_HELDOUT_SEED = 12345
+
+
+def write_demo_heldout(folder, seed: int = DEMO_HELDOUT_SEED) -> dict:
+    """Fresh samples of the demo world (scripts/make_demo_data.py) drawn with their own seeds, so no line is
+    chosen the way the training files' were: pretrain.jsonl, sft.jsonl, dpo.jsonl and prompts.jsonl (the
+    identity and reasoning prompts that are never in the training files). Returns {name: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "dpo": dpo_lines(random.Random(seed), 200),
+        "text": pretrain_lines(random.Random(seed + 1), 200),
+        "chat": sft_lines(random.Random(seed + 2), 200),
+        "prompts": [{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
+                   + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT],
+    }
+    paths = {}
+    for name, rows in files.items():
+        paths[name] = folder / HELDOUT_FILES[name]
+        write_jsonl(paths[name], rows)
+    return paths

@@ -1,0 +1,342 @@
+"""What each stage of a pipeline bought, in numbers: one table and one chart for all the models it produced
+(`python scripts/eval_report.py --help` describes each measure), and the demo's before/after figures taken from it.
+"""
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from dataset.demo import IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT
+from trainer.stages import PURPOSE, STARTS_FROM
+
+from .checkpoints import find_dim, find_models
+from .generation import build_prompt, generate, sample_replies
+from .loading import load_model, pick_device, pick_dtype
+from .reasoning import format_share
+
+# measure -> (column label, is a share, higher is better)
+MEASURES = {
+    "text_ppl": ("text ppl", False, False),
+    "text_bpb": ("text bpb", False, False),
+    "chat_ppl": ("chat ppl", False, False),
+    "chat_bpb": ("chat bpb", False, False),
+    "pref_acc": ("pref. acc", True, True),
+    "dpo_reward_acc": ("DPO reward acc", True, True),
+    "well_formed": ("well-formed", True, True),
+    "identity": ("identity", True, True),
+}
+
+def training_max_seq_len(out_dir: Path, dim: int, use_moe: bool, default: int = 512) -> int:
+    """The --max_seq_len the stages were trained with (from OUT_DIR/runs/*/args.json), else `default`."""
+    suffix = f"_{dim}{'_moe' if use_moe else ''}"
+    for args_file in sorted((Path(out_dir) / "runs").glob(f"*{suffix}/args.json")):
+        try:
+            value = json.loads(args_file.read_text(encoding="utf-8")).get("max_seq_len")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(value, int) and value >= 2:
+            return value
+    return default
+
+
+# ---------------------------------------------------------------- measures
+
+def identity_answers(model, tokenizer, prompts, name: str, max_new_tokens: int = 40) -> tuple[float, list]:
+    """(share of greedy answers that contain `name`, [(prompt, answer), ...])."""
+    was_training = model.training
+    model.eval()
+    try:
+        replies = sample_replies(model, tokenizer, prompts, samples=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    finally:
+        model.train(was_training)
+    answers = [(p, r.strip()) for p, r in zip(prompts, replies)]
+    return (sum(name in a for _, a in answers) / len(answers) if answers else float("nan")), answers
+
+
+def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *, text=None, chat=None, dpo=None,
+                      reason_prompts=None, identity_prompts=None, identity_name: str = IDENTITY_NAME,
+                      lora_base: str = "full_sft", max_seq_len: int | None = None, batch_size: int = 16,
+                      device="cpu", dtype="float32", samples: int = 4, temperature: float = 0.7, top_p: float = 0.9,
+                      max_new_tokens: int = 60, identity_tokens: int = 40, seed: int = 42, progress: bool = True,
+                      cache_dir=None) -> dict:
+    """Measure every model of a pipeline (see the module docstring). text/chat/dpo: held-out files or None (that
+    measure is skipped); reason_prompts/identity_prompts: lists of prompts (None: the demo's built-in held-out
+    ones). Returns {"rows": [...], "bought": [...], "uniform": {...}, "settings": {...}, "data": {...}}."""
+    from trainer.evaluation import preference_accuracy, score_file
+
+    out_dir = Path(out_dir)
+    dim = dim or find_dim(out_dir, use_moe)
+    rows = find_models(out_dir, dim, use_moe, lora_base)
+    max_seq_len = max_seq_len or training_max_seq_len(out_dir, dim, use_moe)
+    for path in (text, chat, dpo):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{path} not found (held-out data; `python scripts/eval_report.py "
+                                    f"--write_demo_heldout DIR` writes the demo world's)")
+    reason_prompts = list(REASON_HELD_OUT if reason_prompts is None else reason_prompts)
+    identity_prompts = list(IDENTITY_HELD_OUT if identity_prompts is None else identity_prompts)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    by_stage = {r["stage"]: r for r in rows if r["adapter"] is None}
+
+    iterator = rows
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(rows, desc="models", unit="model", dynamic_ncols=True)
+    vocab_size = None
+    for row in iterator:
+        model, tokenizer = load_model(row["path"], row["adapter"], device=device, dtype=torch_dtype)
+        vocab_size = vocab_size or len(tokenizer)
+        metrics, details = {}, {}
+        for key, path, kind in (("text", text, "pretrain"), ("chat", chat, "sft")):
+            if path is not None:
+                score = score_file(model, tokenizer, path, kind, max_seq_len, batch_size, cache_dir=cache_dir)
+                metrics[f"{key}_ppl"], metrics[f"{key}_bpb"] = score.perplexity, score.bits_per_byte
+                details[key] = score.as_dict()
+        if dpo is not None:
+            metrics["pref_acc"] = preference_accuracy(model, tokenizer, dpo, max_seq_len, batch_size)
+            reference = STARTS_FROM["rlhf"]
+            if row["stage"] == "rlhf" and reference in by_stage:
+                ref_model, _ = load_model(by_stage[reference]["path"], device=device, dtype=torch_dtype)
+                metrics["dpo_reward_acc"] = preference_accuracy(model, tokenizer, dpo, max_seq_len, batch_size,
+                                                                reference=ref_model)
+                details["dpo_reference"] = str(by_stage[reference]["path"])
+                del ref_model
+        if row["stage"] != "pretrain":  # a pretrained model does not chat
+            if reason_prompts:
+                share, replies = format_share(model, tokenizer, reason_prompts, samples=samples, temperature=temperature,
+                                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                metrics["well_formed"], details["reason_replies"] = share, replies
+            if identity_prompts:
+                share, answers = identity_answers(model, tokenizer, identity_prompts, identity_name, identity_tokens)
+                metrics["identity"], details["identity_answers"] = share, answers
+        row.update(metrics=metrics, details=details)
+        del model
+
+    uniform = {}
+    for key in ("text", "chat"):
+        counts = next((r["details"][key] for r in rows if key in r["details"]), None)
+        if counts and vocab_size:
+            uniform[f"{key}_ppl"] = float(vocab_size)
+            uniform[f"{key}_bpb"] = counts["tokens"] * math.log2(vocab_size) / counts["bytes"] if counts["bytes"] else None
+    report = {
+        "out_dir": str(out_dir), "dim": dim, "use_moe": use_moe, "rows": rows, "uniform": uniform,
+        "bought": what_each_stage_bought(rows, uniform),
+        "data": {"text": str(text) if text else None, "chat": str(chat) if chat else None,
+                 "dpo": str(dpo) if dpo else None, "reason_prompts": reason_prompts,
+                 "identity_prompts": identity_prompts, "identity_name": identity_name},
+        "settings": {"max_seq_len": max_seq_len, "batch_size": batch_size, "device": str(device),
+                     "dtype": str(torch_dtype).removeprefix("torch."), "samples": samples, "temperature": temperature,
+                     "top_p": top_p, "max_new_tokens": max_new_tokens, "identity_tokens": identity_tokens, "seed": seed,
+                     "lora_base": lora_base},
+    }
+    return report
+
+
+def what_each_stage_bought(rows, uniform) -> list[dict]:
+    """One line per (stage, measure it is for): the value on the model the stage started from and on its own."""
+    by_stage = {r["stage"]: r for r in rows if r["adapter"] is None}
+    lines = []
+    for row in rows:
+        purpose, measures = PURPOSE.get(row["stage"], (None, []))
+        start = row.get("starts_from")
+        before_row = by_stage.get(start) if start else None
+        for measure in measures:
+            if measure not in row["metrics"]:
+                continue
+            if start is None:
+                before_name, before = "uniform guess", uniform.get(measure)
+            else:
+                before_name = before_row["name"] if before_row else start
+                before = before_row["metrics"].get(measure) if before_row else None
+            lines.append({"model": row["name"], "stage": row["stage"], "for": purpose, "measure": measure,
+                          "before_model": before_name, "before": before, "after": row["metrics"][measure]})
+    return lines
+
+
+# ---------------------------------------------------------------- writing it out
+
+def _fmt(measure: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if MEASURES[measure][1]:
+        return f"{value:.0%}"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def present_measures(report) -> list[str]:
+    return [m for m in MEASURES if any(m in r["metrics"] for r in report["rows"])]
+
+
+def to_markdown(report) -> str:
+    measures = present_measures(report)
+    s = report["settings"]
+    out = [f"# Evaluation report: {report['out_dir']} (dim {report['dim']}{', MoE' if report['use_moe'] else ''})", ""]
+    out.append("| model | " + " | ".join(MEASURES[m][0] for m in measures) + " |")
+    out.append("|---|" + "---:|" * len(measures))
+    for row in report["rows"]:
+        out.append(f"| {row['name']} | " + " | ".join(_fmt(m, row["metrics"].get(m)) for m in measures) + " |")
+    out += ["", "## What each stage bought", "", "| stage | for | measure | before | after |", "|---|---|---|---:|---:|"]
+    for line in report["bought"]:
+        out.append(f"| {line['model']} | {line['for']} | {MEASURES[line['measure']][0]} | "
+                   f"{_fmt(line['measure'], line['before'])} ({line['before_model']}) | {_fmt(line['measure'], line['after'])} |")
+    d = report["data"]
+    out += ["", "## Data and settings", ""]
+    if d["text"]:
+        out.append(f"- text ppl/bpb: all tokens of `{d['text']}`")
+    if d["chat"]:
+        out.append(f"- chat ppl/bpb: assistant tokens of `{d['chat']}`")
+    out.append(f"- windows of {s['max_seq_len']} tokens, {s['dtype']} on {s['device']}; bits per byte = total NLL / "
+               f"(ln 2 × UTF-8 bytes of the scored text, control tokens 0 bytes)")
+    if d["dpo"]:
+        out.append(f"- pref. acc: log p(chosen) > log p(rejected) on `{d['dpo']}`; DPO reward acc: implicit reward "
+                   f"margin > 0 against the model DPO started from ({STARTS_FROM['rlhf']})")
+    if "well_formed" in measures:
+        out.append(f"- well-formed: {len(d['reason_prompts'])} prompts × {s['samples']} samples, temperature "
+                   f"{s['temperature']}, top_p {s['top_p']}, ≤{s['max_new_tokens']} tokens, seed {s['seed']}")
+    if "identity" in measures:
+        out.append(f"- identity: {len(d['identity_prompts'])} held-out prompts, greedy, ≤{s['identity_tokens']} tokens; "
+                   f"an answer counts when it contains \"{d['identity_name']}\"")
+    out.append(f"- uniform guess: a model that gives every one of the {int(report['uniform'].get('text_ppl') or report['uniform'].get('chat_ppl') or 0)} "
+               f"tokens the same probability" if report["uniform"] else "")
+    return "\n".join(line for line in out if line is not None).rstrip() + "\n"
+
+
+def plot(report, png_path) -> Path | None:
+    measures = present_measures(report)
+    if not measures:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in report["rows"]]
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(names))]
+    cols = min(4, len(measures))
+    rows = math.ceil(len(measures) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows + 0.6), squeeze=False)
+    for ax, measure in zip(axes.flat, measures):
+        label, share, higher = MEASURES[measure]
+        values = [r["metrics"].get(measure) for r in report["rows"]]
+        xs = [i for i, v in enumerate(values) if v is not None]
+        bars = ax.bar(xs, [values[i] for i in xs], color=[colours[i] for i in xs])
+        for bar, i in zip(bars, xs):
+            ax.annotate(_fmt(measure, values[i]), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        uniform = report["uniform"].get(measure)
+        if uniform is not None:
+            ax.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform guess")
+            ax.legend(fontsize=7, loc="upper right")
+        if share:
+            ax.set_ylim(0, 1.12)
+        elif xs:
+            shown = [values[i] for i in xs] + ([uniform] if uniform is not None else [])
+            if max(shown) / max(min(shown), 1e-9) > 20:
+                ax.set_yscale("log")
+        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(measures):]:
+        ax.axis("off")
+    fig.suptitle(f"What each stage bought: {report['out_dir']}", fontsize=10)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def write_report(report, report_dir) -> dict:
+    """report.md, report.png and report.json in report_dir; returns their paths."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": report_dir / "report.md", "chart": report_dir / "report.png", "json": report_dir / "report.json"}
+    paths["markdown"].write_text(to_markdown(report), encoding="utf-8")
+    plot(report, paths["chart"])
+    paths["json"].write_text(json.dumps(report, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------- the demo's figures
+
+# sample chats the demo prints for each stage
+DEMO_CHAT_PROMPTS = ["What is the capital of France?", "What is 3 plus 4?", "天空是什么颜色的？"]
+
+
+def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int, seed: int = 42) -> tuple[dict, dict]:
+    """(the demo's report: sample chats and the before/after figures it prints, the full evaluation report of
+    scripts/eval_report.py, whose numbers the demo's figures are taken from)."""
+    out = Path(out)
+    torch.manual_seed(seed)
+    folders = {s: out / f"{s}_{dim}" for s in ("pretrain", "full_sft", "rlhf", "reason")}
+    report = {"chats": {}}
+
+    def answer(model, tokenizer, prompt, chat=True, max_new_tokens=40):
+        return generate(model, tokenizer, build_prompt(tokenizer, [{"role": "user", "content": prompt}], chat=chat),
+                        max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0).strip()
+
+    for stage, folder in folders.items():
+        model, tokenizer = load_model(folder)
+        chat = stage != "pretrain"
+        prompts = DEMO_CHAT_PROMPTS[:2] if chat else ["The capital of France", "Two plus three"]
+        report["chats"][stage] = [(p, answer(model, tokenizer, p, chat)) for p in prompts]
+
+    # identity: greedy answers to held-out phrasings; reasoning: 4 sampled replies per held-out prompt
+    evaluation = evaluate_pipeline(out, dim, text=heldout["text"], chat=heldout["chat"], dpo=heldout["dpo"],
+                                   reason_prompts=REASON_HELD_OUT, identity_prompts=IDENTITY_HELD_OUT,
+                                   identity_name=IDENTITY_NAME, max_seq_len=max_seq_len, device="cpu", samples=4,
+                                   temperature=0.7, top_p=0.9, max_new_tokens=60, identity_tokens=40, seed=seed)
+    rows = {row["name"]: row for row in evaluation["rows"]}
+    sft, with_lora = rows["full_sft"], rows[f"full_sft + {lora_name}"]
+    dpo_model, reason_model = rows["rlhf"], rows["reason"]
+    report["identity"] = {
+        "name": IDENTITY_NAME,
+        "base": sft["details"]["identity_answers"],
+        "lora": with_lora["details"]["identity_answers"],
+        "base_share": sft["metrics"]["identity"],
+        "lora_share": with_lora["metrics"]["identity"],
+    }
+    report["dpo"] = {
+        "pairs": str(heldout["dpo"]),
+        "before": sft["metrics"]["pref_acc"],
+        "after": dpo_model["metrics"]["pref_acc"],
+        "reward_accuracy": dpo_model["metrics"].get("dpo_reward_acc"),
+    }
+    report["reason"] = {}
+    for key, row in (("before", dpo_model), ("after", reason_model)):
+        replies = row["details"].get("reason_replies", [])
+        report["reason"][key] = row["metrics"]["well_formed"]
+        report["reason"][f"{key}_example"] = replies[0] if replies else ""
+    return report, evaluation
+
+
+def demo_summary(report, times, out, dim: int) -> str:
+    """The text scripts/demo_pipeline.py prints at the end: sample chats and the before/after figures."""
+    lines = []
+    lines.append("\n" + "=" * 72 + "\nWhat each stage learned\n" + "=" * 72)
+    for stage, chats in report["chats"].items():
+        lines.append(f"\n[{stage}]")
+        for prompt, reply in chats:
+            lines.append(f"  > {prompt}\n    {reply!r}")
+    ident = report["identity"]
+    lines.append(f"\nLoRA identity on held-out phrasings (answers naming {ident['name']!r}): "
+                 f"base {ident['base_share']:.0%} → with adapter {ident['lora_share']:.0%}")
+    for prompt, reply in ident["lora"]:
+        lines.append(f"  > {prompt}\n    {reply!r}")
+    dpo = report["dpo"]
+    lines.append(f"\nDPO preference accuracy on held-out pairs (log π(chosen) > log π(rejected)): "
+                 f"SFT {dpo['before']:.0%} → DPO {dpo['after']:.0%}")
+    if dpo.get("reward_accuracy") is not None:
+        lines.append(f"DPO implicit-reward accuracy ((log π − log π_SFT)(chosen) > (…)(rejected)): {dpo['reward_accuracy']:.0%}")
+    reason = report["reason"]
+    lines.append(f"\nWell-formed <think>…</think><answer>…</answer> replies (held-out prompts, sampled): "
+                 f"before {reason['before']:.0%} → after reasoning distillation {reason['after']:.0%}")
+    lines.append(f"  example: {reason['after_example']!r}")
+    lines.append("\nTime per stage (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
+    lines.append(f"Loss curves: {out}/runs/<stage>_{dim}/loss.png; models in {out}/; chat with e.g.\n"
+                 f"  python eval_model.py --out_dir {out} --dim {dim} --model_mode 1 --lora_name "
+                 f"{report.get('lora_name', 'lora_identity')}")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, save_tiny
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
 from scripts import reason_format
-from scripts.convert_model import merge_lora
+from inference.convert import merge_lora
 from scripts.make_demo_data import REASON_HELD_OUT
 from scripts.reason_format import format_share, is_well_formed, read_prompts
 from trainer import DISTILL, DPO_STAGE, LORA, run

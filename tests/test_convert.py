@@ -426,3 +426,36 @@ def test_gguf_runs_in_llama_cpp_like_ours(tmp_path, tok, kind):
             assert agree >= 0.75 * n_new, report[-1]
         llm.close()
     print(f"llama.cpp {kind}: " + "; ".join(report))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A qk-norm model through the tools: training from scratch, LoRA, generation, export
+
+def test_qk_norm_model_trains_tunes_generates_and_exports(tmp_path, demo, cache, capsys):
+    import eval_model
+    from inference.convert import merge_lora
+    from trainer import LORA, PRETRAIN, run
+
+    tiny = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0",
+            "--out_dir", tmp_path, "--cache_dir", cache, "--save_interval", "0", "--max_steps", "2", "--batch_size", "4"]
+    shape = ["--qk_norm", "--intermediate_size", "128", "--rms_norm_eps", "1e-6", "--rope_theta", "1e4"]
+    run(PRETRAIN, [*tiny, *shape, "--data_path", demo["pretrain"]])
+    base = tmp_path / "pretrain_64"
+    c = json.loads((base / "config.json").read_text())
+    assert (c["qk_norm"], c["intermediate_size"], c["rms_norm_eps"], c["rope_parameters"]["rope_theta"]) == (True, 128, 1e-6, 1e4)
+
+    with pytest.raises(SystemExit):  # a qk-norm checkpoint with flags that say otherwise is refused, by name
+        run(LORA, [*tiny, "--data_path", demo["lora_identity"], "--from_weight", base])
+    assert "qk-norm" in capsys.readouterr().err
+    run(LORA, [*tiny, "--qk_norm", "--data_path", demo["lora_identity"], "--from_weight", base, "--lora_name", "id"])
+    adapter = tmp_path / "lora" / "id_64"
+    assert (adapter / "adapter_model.safetensors").exists()
+
+    assert eval_model.main(["--model_path", str(base), "--lora_name", str(adapter), "--prompt", "hi",
+                            "--max_new_tokens", "4", "--temperature", "0", "--device", "cpu"]) in (0, None)
+    assert "🤖:" in capsys.readouterr().out
+    merge_lora(base, adapter, tmp_path / "merged")
+    export_qwen3(tmp_path / "merged", tmp_path / "qwen3")
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3")).__name__ == "Qwen3ForCausalLM"
+    export_gguf(tmp_path / "merged", tmp_path / "merged.gguf", "q8_0")
+    assert (tmp_path / "merged.Modelfile").exists()

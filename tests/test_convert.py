@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 
+import gguf
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,9 +296,6 @@ def test_exports_refuse_what_they_cannot_hold(tmp_path, tok):
 
 # ---------------------------------------------------------------------------------------------------------------
 # GGUF out
-
-gguf = pytest.importorskip("gguf", reason="export-gguf needs the gguf package (requirements.txt)")
-
 
 def read_gguf(path):
     reader = gguf.GGUFReader(path)

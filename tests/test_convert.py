@@ -297,6 +297,7 @@ def test_exports_refuse_what_they_cannot_hold(tmp_path, tok):
 # ---------------------------------------------------------------------------------------------------------------
 # GGUF out
 
+
 def read_gguf(path):
     reader = gguf.GGUFReader(path)
 

@@ -372,7 +372,9 @@ def test_gguf_sizes_shrink_with_outtype(tmp_path, tok):
 def llama_cpp_model(path):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (CI installs it: .ci/run builds it from source)")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_batch=256, logits_all=True, verbose=False)
+    f32 = llama_cpp.GGML_TYPE_F32  # llama.cpp keeps its KV cache in f16 unless told otherwise
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_batch=256, logits_all=True, verbose=False,
+                           type_k=f32, type_v=f32)
 
 
 def llama_cpp_greedy(llm, prompt, n):
@@ -420,7 +422,7 @@ def test_gguf_runs_in_llama_cpp_like_ours(tmp_path, tok, kind):
                       f"{path.stat().st_size / 1e6:.2f} MB")
         if outtype == "f32":
             assert llama_cpp_greedy(llm, prompt, n_new) == ref[len(prompt):]
-            assert diff < 1e-3
+            assert diff < 1e-4
         else:
             assert agree >= 0.75 * n_new, report[-1]
         llm.close()

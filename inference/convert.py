@@ -306,6 +306,10 @@ def add_gguf_tokenizer(writer, tok_dir: Path, vocab_size: int):
     settings = json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     if spec["model"]["type"] != "BPE" or spec.get("pre_tokenizer", {}).get("type") != "ByteLevel":
         raise ConvertError(f"{tok_dir / 'tokenizer.json'}: export-gguf handles byte-level BPE tokenizers only")
+    ids_used = [*spec["model"]["vocab"].values(), *(t["id"] for t in spec["added_tokens"])]
+    if max(ids_used) >= vocab_size:
+        raise ConvertError(f"{tok_dir / 'tokenizer.json'}: token id {max(ids_used)} does not fit the model's "
+                           f"vocab_size {vocab_size}; export with the tokenizer the model was trained with")
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     types = [gguf.TokenType.UNUSED] * vocab_size
     for token, i in spec["model"]["vocab"].items():
@@ -333,7 +337,7 @@ def add_gguf_tokenizer(writer, tok_dir: Path, vocab_size: int):
 
 
 def gguf_tensor(data: torch.Tensor, outtype: str):
-    """(array, raw dtype) to write: norms, biases and the router stay f32; matrices in `outtype`, where q8_0
+    """(array, raw dtype) to write: norms and the MoE router stay f32; matrices in `outtype`, where q8_0
     needs rows in blocks of 32 (else they fall back to f16)."""
     import gguf
 
@@ -393,7 +397,9 @@ def export_gguf(src: Path, dst: Path, outtype: str = "f16", progress=None) -> Pa
 
     arch_id = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3": gguf.MODEL_ARCH.QWEN3, "qwen3moe": gguf.MODEL_ARCH.QWEN3MOE}[arch]
     names = gguf.get_tensor_name_map(arch_id, c.num_hidden_layers)  # HF tensor names -> GGUF ones
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # llama.cpp ties when absent
+    state = model.state_dict()
+    if c.tie_word_embeddings:
+        del state["lm_head.weight"]  # llama.cpp reuses token_embd when there is no output.weight
     if c.use_moe:  # llama.cpp keeps each layer's experts stacked: (E, out, in)
         for i in range(c.num_hidden_layers):
             for proj, kind in (("gate_proj", "FFN_GATE_EXP"), ("up_proj", "FFN_UP_EXP"), ("down_proj", "FFN_DOWN_EXP")):

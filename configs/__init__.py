@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent
-PRESETS = ("tiny", "small", "base", "moe")
+PRESETS = ("tiny", "small", "base", "moe", "minimind3", "minimind3_moe")
 
 
 def load_config(name_or_path) -> dict:
@@ -24,11 +24,18 @@ def load_config(name_or_path) -> dict:
 
 
 def model_kwargs(values: dict) -> dict:
-    """MiniMindConfig keyword arguments from flag-style values (dim, n_layers, n_heads, n_kv_heads, use_moe)."""
-    names = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-             "n_kv_heads": "num_key_value_heads", "use_moe": "use_moe", "dropout": "dropout",
-             "vocab_size": "vocab_size", "rope_theta": "rope_theta"}
-    return {names[k]: v for k, v in values.items() if k in names and v is not None}
+    """MiniMindConfig keyword arguments from flag-style values (dim, n_layers, ..., qk_norm, use_moe, ...)."""
+    return {MODEL_FLAGS[k]: v for k, v in values.items() if k in MODEL_FLAGS and v is not None}
+
+
+# flag name -> MiniMindConfig field, for the flags that shape a model built from scratch
+MODEL_FLAGS = {
+    "dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads", "intermediate_size": "intermediate_size", "dropout": "dropout",
+    "vocab_size": "vocab_size", "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps", "qk_norm": "qk_norm",
+    "use_moe": "use_moe", "n_routed_experts": "n_routed_experts", "num_experts_per_tok": "num_experts_per_tok",
+    "n_shared_experts": "n_shared_experts", "aux_loss_alpha": "aux_loss_alpha", "seq_aux": "seq_aux",
+}
 
 
 def count_parameters(config) -> int:

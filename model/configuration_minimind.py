@@ -33,6 +33,7 @@ class MiniMindConfig(PretrainedConfig):
     # {"rope_type": "default", "rope_theta": 1e6}, or YaRN for longer contexts:
     # {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 2048}
     rope_parameters: dict | None = None
+    qk_norm: bool = False  # RMSNorm on each head's query and key before RoPE (Qwen3, MiniMind-3)
     dropout: float = 0.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
@@ -47,6 +48,7 @@ class MiniMindConfig(PretrainedConfig):
     n_shared_experts: int = 1
     norm_topk_prob: bool = True
     aux_loss_alpha: float = 0.1
+    seq_aux: bool = True  # balance experts within each sequence (MiniMind2); False: over the whole batch (MiniMind-3)
 
     def __post_init__(self, **kwargs):
         for alias, name in self.attribute_map.items():

@@ -2,7 +2,8 @@
 
 Pre-norm blocks of RMSNorm → grouped-query attention with RoPE → RMSNorm → SwiGLU (or a mixture of SwiGLU
 experts), with the token embedding tied to the LM head. Module and parameter names follow Llama's layout
-(`model.layers.N.self_attn.q_proj`, `mlp.gate_proj`, ...), so a dense checkpoint is a Llama checkpoint.
+(`model.layers.N.self_attn.q_proj`, `mlp.gate_proj`, ...), so a dense checkpoint is a Llama checkpoint; with
+`qk_norm` (RMSNorm on each head's q and k, `self_attn.q_norm` / `k_norm`) it is a Qwen3 checkpoint.
 
 Shapes: B batch, T new tokens, S = past + T key positions, C hidden size, H query heads, K kv heads, D head size.
 """
@@ -71,13 +72,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(C, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, C, bias=False)
+        # qk_norm: normalising each head's q and k bounds the attention logits (Qwen3, MiniMind-3)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else nn.Identity()
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos, sin, attn_mask, cache):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
@@ -115,7 +119,7 @@ class MoEFeedForward(nn.Module):
     def __init__(self, config: MiniMindConfig):
         super().__init__()
         self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
-        self.norm_topk_prob, self.aux_loss_alpha = config.norm_topk_prob, config.aux_loss_alpha
+        self.norm_topk_prob, self.aux_loss_alpha, self.seq_aux = config.norm_topk_prob, config.aux_loss_alpha, config.seq_aux
         self.gate = nn.Linear(config.hidden_size, self.n_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(config) for _ in range(self.n_experts))
         self.shared_experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_shared_experts))
@@ -145,12 +149,14 @@ class MoEFeedForward(nn.Module):
 
         aux_loss = None
         if self.training and self.aux_loss_alpha > 0:
-            # Sequence-level balance loss: per sequence, (share of routed slots per expert, scaled so that
-            # uniform routing gives 1) · (mean gate probability per expert), summed over experts.
-            load = torch.zeros(B, self.n_experts, device=x.device)
-            load.scatter_add_(1, experts.view(B, -1), torch.ones(B, T * self.top_k, device=x.device))
-            load = load / (T * self.top_k / self.n_experts)
-            aux_loss = self.aux_loss_alpha * (load * probs.view(B, T, -1).mean(dim=1)).sum(dim=1).mean()
+            # Balance loss per group of tokens (each sequence, or the whole batch when not seq_aux):
+            # (share of routed slots per expert, scaled so that uniform routing gives 1) · (mean gate
+            # probability per expert), summed over experts, averaged over groups.
+            G = B if self.seq_aux else 1
+            load = torch.zeros(G, self.n_experts, device=x.device)
+            load.scatter_add_(1, experts.view(G, -1), torch.ones(G, B * T * self.top_k // G, device=x.device))
+            load = load / (B * T * self.top_k / G / self.n_experts)
+            aux_loss = self.aux_loss_alpha * (load * probs.view(G, -1, self.n_experts).mean(dim=1)).sum(dim=1).mean()
         return out.view(B, T, C), aux_loss
 
 

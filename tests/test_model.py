@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,14 +8,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from conftest import ROOT, tiny_config
 from configs import PRESETS, load_config, model_kwargs
 from model import MiniMindConfig, MiniMindForCausalLM
-from scripts.convert_model import export_llama, ConvertError
 from configs import count_parameters
+from inference.convert import ConvertError, export_llama
 
 
 def expected_parameters(c: MiniMindConfig) -> int:
-    """Hand count: tied embedding, per block 4 attention projections + SwiGLU (per expert) + 2 norms, final norm."""
+    """Hand count: tied embedding, per block 4 attention projections (+ 2 head-size norms with qk_norm) + SwiGLU
+    (per expert) + 2 norms, final norm."""
     kv = c.num_key_value_heads * c.head_dim
-    attention = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv
+    attention = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv + (2 * c.head_dim if c.qk_norm else 0)
     ffn = 3 * c.hidden_size * c.intermediate_size
     if c.use_moe:
         ffn = ffn * (c.n_routed_experts + c.n_shared_experts) + c.hidden_size * c.n_routed_experts
@@ -33,6 +35,9 @@ def test_preset_sizes_match_minimind2():
     small = MiniMindConfig(**model_kwargs(load_config("small")))
     assert (small.hidden_size, small.num_hidden_layers, small.intermediate_size) == (512, 8, 1408)
     assert small.rope_parameters["rope_theta"] == 1e6 and small.tie_word_embeddings
+    m3 = MiniMindConfig(**model_kwargs(load_config("minimind3")))  # MiniMind-3's published shape
+    assert (m3.hidden_size, m3.num_hidden_layers, m3.num_attention_heads, m3.num_key_value_heads) == (768, 8, 8, 4)
+    assert (m3.intermediate_size, m3.qk_norm, m3.rms_norm_eps, m3.vocab_size) == (math.ceil(768 * math.pi / 64) * 64, True, 1e-6, 6400)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -142,6 +147,42 @@ def test_llama_export_refuses_moe(tmp_path):
     MiniMindForCausalLM(tiny_config(use_moe=True)).save_pretrained(tmp_path / "moe")
     with pytest.raises(ConvertError, match="mixture-of-experts"):
         export_llama(tmp_path / "moe", tmp_path / "out")
+
+
+def test_qk_norm_normalises_each_head_of_q_and_k():
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(qk_norm=True)).eval()
+    names = {n for n, _ in model.named_parameters()}
+    assert {"model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"} <= names
+    assert not any("q_norm" in n for n, _ in MiniMindForCausalLM(tiny_config()).named_parameters())
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(1, 5, 64) * 30  # a large input: without the norms q·k would scale with it
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, i, o: seen.update(q=o))
+    cos, sin = model.model.rotary_emb(torch.arange(5)[None], x.dtype)
+    attn(x, cos, sin, None, None)
+    assert seen["q"].shape == (1, 5, 4, 16)  # per head, before the heads are moved forward
+    torch.testing.assert_close(seen["q"].pow(2).mean(-1), torch.ones(1, 5, 4), atol=1e-3, rtol=0)
+    ids = torch.randint(0, 6400, (1, 12))
+    with torch.no_grad():
+        before = model(ids).logits
+        attn.k_norm.weight.mul_(3.0)  # the norm weights take part in the computation
+        assert (model(ids).logits - before).abs().max() > 1e-3
+
+
+def test_moe_batch_aux_loss_matches_minimind3_formula():
+    """seq_aux=False for top-1 is MiniMind-3's router loss: E · alpha · Σ_e (share of tokens routed to e) ·
+    (mean probability of e), both over every token of the batch."""
+    torch.manual_seed(0)
+    config = tiny_config(use_moe=True, num_experts_per_tok=1, n_shared_experts=0, seq_aux=False, aux_loss_alpha=5e-4)
+    layer = MiniMindForCausalLM(config).model.layers[0].mlp.train()
+    x = torch.randn(3, 7, 64)
+    _, aux = layer(x)
+    probs = torch.softmax(layer.gate(x.reshape(-1, 64)), -1)
+    share = torch.nn.functional.one_hot(probs.argmax(-1), 4).float().mean(0)
+    torch.testing.assert_close(aux, 4 * 5e-4 * (share * probs.mean(0)).sum())
+    layer.seq_aux = True  # per-sequence balance is a different quantity on the same routing
+    assert not torch.isclose(layer(x)[1], aux)
 
 
 def _moe_reference(layer, x):

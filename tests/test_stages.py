@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, run_command, save_tiny
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
-from scripts.convert_model import merge_lora
+from inference.convert import merge_lora
 from dataset.demo import REASON_HELD_OUT
 from dataset import read_prompts
 from inference import generation

@@ -3,9 +3,11 @@ from pathlib import Path
 
 import torch
 
+from configs import MODEL_FLAGS, model_kwargs
 from inference import loading
 from inference.checkpoints import ModelNotFound, resolve_start
 from model import MiniMindConfig, MiniMindForCausalLM
+
 
 class StageError(Exception):
     """A set-up problem the user can fix (missing checkpoint, mismatched vocab, ...): printed as one line."""
@@ -39,18 +41,19 @@ def check_vocab(model, tokenizer, where):
 def build_or_load_model(args, stage, tokenizer) -> MiniMindForCausalLM:
     path = resolve_weights(args.from_weight, args.out_dir, args.dim, args.use_moe)
     if path is None:
+        shape = model_kwargs({flag: getattr(args, flag) for flag in MODEL_FLAGS if hasattr(args, flag)})
         config = MiniMindConfig(
-            hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-            num_key_value_heads=args.n_kv_heads, use_moe=args.use_moe, dropout=args.dropout,
-            vocab_size=max(6400, len(tokenizer)), max_position_embeddings=max(32768, args.max_seq_len),
+            **shape, vocab_size=max(6400, len(tokenizer)), max_position_embeddings=max(32768, args.max_seq_len),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
         model = MiniMindForCausalLM(config)
     else:
         model = load_model(path)
         c = model.config
-        if (c.hidden_size, c.use_moe) != (args.dim, args.use_moe):
-            raise StageError(f"{path} holds a dim {c.hidden_size}{' MoE' if c.use_moe else ''} model, but this run "
-                             f"says --dim {args.dim}{' --use_moe' if args.use_moe else ''}: pass matching flags")
+        if (c.hidden_size, c.use_moe, c.qk_norm) != (args.dim, args.use_moe, args.qk_norm):
+            raise StageError(f"{path} holds a dim {c.hidden_size}{' MoE' if c.use_moe else ''}"
+                             f"{' qk-norm' if c.qk_norm else ''} model, but this run says --dim {args.dim}"
+                             f"{' --use_moe' if args.use_moe else ''}{' --qk_norm' if args.qk_norm else ''}: "
+                             f"pass matching flags (or its preset, e.g. --config minimind3)")
     check_vocab(model, tokenizer, path or "new model")
     return model

@@ -119,14 +119,20 @@ def hand_greedy(model, prompt_ids, n, eos, penalty=1.0):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tok):
-    folder = save_tiny(tmp_path_factory.mktemp("served") / "chatty", tok, initializer_range=0.3)  # varied greedy text
+    # weights at std 0.1: the greedy answer starts varied, then repeats one token (something for a penalty to change)
+    folder = save_tiny(tmp_path_factory.mktemp("served") / "chatty", tok, initializer_range=0.1)
     proc = subprocess.Popen([sys.executable, "scripts/serve_openai_api.py", "--model_path", str(folder), "--port", "0",
                              "--device", "cpu", "--quiet", "--no_web"], cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    match = None
     try:
-        line = proc.stderr.readline()  # "serving chatty at http://127.0.0.1:PORT/v1 ..." once it listens
-        match = re.search(r"at (http://\S+)/v1", line)
-        assert match, f"no 'serving' line: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        seen = []
+        for line in proc.stderr:  # "serving chatty at http://127.0.0.1:PORT/v1 ..." once it listens
+            seen.append(line)
+            match = re.search(r"serving .* at (http://\S+)/v1", line)
+            if match:
+                break
+        assert match, f"no 'serving' line in: {''.join(seen)}"
         yield match.group(1), folder
     finally:
         proc.send_signal(signal.SIGTERM)  # the documented clean stop
@@ -155,13 +161,16 @@ def test_server_program_and_sampling_settings(server, tok):
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
 
+    greedy_ids = hand_greedy(model, prompt_ids, 12, eos)
     greedy = chat(url, temperature=0)
-    assert greedy == tok.decode(hand_greedy(model, prompt_ids, 12, eos), skip_special_tokens=True)
+    assert greedy == tok.decode(greedy_ids, skip_special_tokens=True)
     assert chat(url, temperature=0) == greedy
+    assert len(set(greedy_ids)) < len(greedy_ids)  # it repeats itself ...
 
-    penalised = chat(url, temperature=0, repetition_penalty=1.8)
-    assert penalised == tok.decode(hand_greedy(model, prompt_ids, 12, eos, penalty=1.8), skip_special_tokens=True)
-    assert penalised != greedy  # (the greedy answer repeats itself: the penalty has something to change)
+    penalised_ids = hand_greedy(model, prompt_ids, 12, eos, penalty=1.3)
+    penalised = chat(url, temperature=0, repetition_penalty=1.3)
+    assert penalised == tok.decode(penalised_ids, skip_special_tokens=True)
+    assert penalised != greedy and len(set(penalised_ids)) > len(set(greedy_ids))  # ... and the penalty stops that
 
     hot = [chat(url, temperature=1.5, top_p=1.0, seed=s) for s in (1, 2, 3)]
     assert chat(url, temperature=1.5, top_p=1.0, seed=1) == hot[0]  # seeded sampling is reproducible

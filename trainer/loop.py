@@ -186,8 +186,10 @@ def train(stage, args, info):
                     optimizer.unscale_(scaler)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
                 bad = ~torch.isfinite(step_loss)
-                if scaler is None:  # under float16 the GradScaler skips overflowing steps and lowers its scale
+                if scaler is None:
                     bad |= ~torch.isfinite(grad_norm)
+                else:  # float16: the GradScaler skips steps whose gradients overflow (and lowers its scale)
+                    bad = distributed.all_reduce_sum(bad.float(), info) > 0  # every rank decides alike
                 skipped = args.skip_nonfinite and bool(bad)
                 if skipped:  # nothing of this step reaches the weights or the logged averages
                     optimizer.zero_grad(set_to_none=True)
@@ -234,9 +236,9 @@ def train(stage, args, info):
 
 def _log_window(log, window, step, epoch, lr, grad_norm, info, train_s):
     """Average the window's sums over its items (across ranks) and log them; one host sync per log step."""
-    keys = sorted(window["sums"])
-    values = torch.stack([torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device) for k in keys])
-    totals = torch.cat([values, torch.tensor([window["items"], float(window["tokens"])], device=info.device)])
+    keys = sorted(window["sums"])  # empty when every step of the window was skipped
+    values = [torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device).reshape(1) for k in keys]
+    totals = torch.cat([*values, torch.tensor([window["items"], float(window["tokens"])], device=info.device)])
     totals = distributed.all_reduce_sum(totals, info).tolist()
     items, tokens = totals[-2], totals[-1]
     elapsed = max(time.time() - window["start"], 1e-9)

@@ -177,3 +177,25 @@ def test_server_program_and_sampling_settings(server, tok):
     assert len(set(hot)) > 1 and any(h != greedy for h in hot)  # temperature samples
     # a nucleus smaller than the top token's probability leaves only that token: greedy again, at any temperature
     assert all(chat(url, temperature=1.5, top_p=1e-6, seed=s) == greedy for s in (1, 2))
+
+
+# ---------------------------------------------------------------- CI's check of the demo's figures
+
+def test_ci_demo_check_passes_the_readme_figures_and_fails_rot(tmp_path):
+    readme = {"report": {"identity": {"base_share": 0.0, "lora_share": 0.75}, "dpo": {"before": 0.58, "after": 0.86},
+                         "reason": {"before": 0.0, "after": 1.0}}, "seconds": {"total": 216.0}}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(readme))
+    result = subprocess.run([sys.executable, ".ci/check_demo.py", str(good)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "FAIL" not in result.stdout, result.stdout
+
+    readme["report"]["dpo"]["after"] = 0.6  # DPO stopped teaching: below its band, and no gain over SFT
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(readme))
+    result = subprocess.run([sys.executable, ".ci/check_demo.py", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert result.returncode == 1 and len(failed) == 2 and all("DPO" in line for line in failed), result.stdout
+
+    result = subprocess.run([sys.executable, ".ci/check_demo.py", str(tmp_path / "absent.json")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "absent.json" in result.stderr

@@ -218,3 +218,14 @@ def test_skip_nonfinite_skips_exactly_the_bad_step(demo, tmp_path, capsys):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert "loss" not in rows[2] and all(math.isfinite(r["loss"]) for r in rows if r["step"] != 3)
+
+
+def test_skip_nonfinite_under_float16_keeps_the_scaler_going(demo, tmp_path):
+    """A skipped step had its gradients unscaled already: the scaler must close that step (and back off), or the
+    next step's unscale fails."""
+    stage = NaNAtStep3()
+    run(stage, _args(demo, tmp_path, "--dtype", "float16", "--max_steps", "5", "--save_interval", "4", "--skip_nonfinite"))
+    assert torch.equal(stage.starts[2]["model.norm.weight"], stage.starts[3]["model.norm.weight"])
+    scaler = _trainer_state(tmp_path, 4)["scaler"]
+    assert scaler["scale"] == 65536.0 * scaler["backoff_factor"] and scaler["_growth_tracker"] == 1
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4, 5]

@@ -137,7 +137,7 @@ def server(tmp_path_factory, tok):
     finally:
         proc.send_signal(signal.SIGTERM)  # the documented clean stop
         try:
-            assert proc.wait(timeout=30) == 0
+            assert proc.wait(timeout=60) == 0
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ from dataset import (DataError, DataWarning, DPOCollator, PackedBatchCollator, b
                      build_dataset, load_records)
 from dataset import jsonl, samples
 from dataset.samples import IGNORE_INDEX, pretrain_chunks
+from conftest import skip_unless_required
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}{%- if message['role'] == 'assistant' -%}"
@@ -60,7 +61,8 @@ def cache_dir(tmp_path):
 @pytest.fixture
 def data_kit():
     if not (DATA_KIT / "sft.jsonl").exists():
-        pytest.skip(f"needs the data kit at {DATA_KIT.resolve()} (present in CI, not in a user's clone)")
+        skip_unless_required(f"needs the data kit at {DATA_KIT.resolve()} (present in CI, not in a user's clone)",
+                             "REQUIRE_KIT")
     return DATA_KIT
 
 

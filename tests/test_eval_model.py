@@ -51,7 +51,7 @@ def greedy(model, tokenizer, prompt_text, chat=True):
                     max_new_tokens=MAX_NEW, temperature=0)
 
 
-def run_cli(*args, stdin_text=None, keep_stdin_open=False, timeout=60):
+def run_cli(*args, stdin_text=None, keep_stdin_open=False, timeout=180):  # a hang detector: generous, the machine may be busy
     """Run eval_model.py; with keep_stdin_open the child's stdin is a pipe that never closes, so reading it
     would hang until the timeout."""
     cmd = [sys.executable, str(ROOT / "eval_model.py"), *map(str, args)]

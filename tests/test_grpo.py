@@ -80,19 +80,34 @@ def test_user_rewards_plug_in_by_name():
         REWARDS.pop("test_length")
 
 
-def _mean_format_reward(folder, prompts, tokenizer, samples=8, seed=0):
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the same float reductions on every machine (so the same samples for a seed), and no
+    spin-waiting second thread on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+PROMPTS = [f"Add {a}, {b} and {c}." for a, b, c in [(2, 5, 7), (9, 1, 4), (3, 3, 8), (6, 2, 1), (4, 4, 4), (7, 0, 5),
+                                                    (1, 8, 2), (5, 6, 3)]]
+
+
+def _format_rewards(folder, tokenizer, samples=16, seed=0):
+    """The format reward of `samples` sampled replies to each of PROMPTS (8 x 16 = 128 replies)."""
     from model import MiniMindForCausalLM
 
     model = MiniMindForCausalLM.from_pretrained(folder).eval()
     torch.manual_seed(seed)
     scores = []
-    for prompt in prompts:
+    for prompt in PROMPTS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"].repeat(samples, 1)
         out = model.generate(ids, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=30,
                              pad_token_id=0, eos_token_id=2)
         scores += [format_reward(t) for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
-    return sum(scores) / len(scores)
+    return scores
 
 
 def test_format_reward_rises_over_a_short_run(tmp_path):
@@ -105,15 +120,21 @@ def test_format_reward_rises_over_a_short_run(tmp_path):
     run(REASON, [*TINY, "--from_weight", "none", "--data_path", demo["reason"], "--out_dir", tmp_path,
                  "--learning_rate", "3e-3", "--batch_size", "16", "--max_steps", "12", "--save_interval", "0",
                  "--cache_dir", tmp_path / "cache"])
-    run(GRPO_STAGE, [*TINY, "--from_weight", tmp_path / "reason_64", "--data_path", demo["reason"],
-                     "--out_dir", tmp_path, "--rewards", "format", "--learning_rate", "1e-2", "--batch_size", "4",
-                     "--num_generations", "8", "--max_new_tokens", "30", "--max_steps", "16", "--beta", "0.0",
-                     "--log_interval", "1", "--save_interval", "0"])
-    rows = [json.loads(l) for l in (tmp_path / "runs" / "grpo_64" / "metrics.jsonl").read_text().splitlines()]
+    grpo = [*TINY, "--from_weight", tmp_path / "reason_64", "--data_path", demo["reason"], "--rewards", "format",
+            "--batch_size", "4", "--num_generations", "8", "--max_new_tokens", "30", "--max_steps", "16",
+            "--beta", "0.0", "--log_interval", "1", "--save_interval", "0"]
+    run(GRPO_STAGE, [*grpo, "--out_dir", tmp_path / "trained", "--learning_rate", "1e-2"])
+    # the control: the same run, sampling and all, with the learning switched off
+    run(GRPO_STAGE, [*grpo, "--out_dir", tmp_path / "control", "--learning_rate", "0"])
+    rows = [json.loads(l) for l in (tmp_path / "trained" / "runs" / "grpo_64" / "metrics.jsonl").read_text().splitlines()]
     assert {"reward_format", "reward_std", "kl", "clip_fraction", "completion_length"} <= rows[0].keys()
+
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    prompts = ["Add 2, 5 and 7.", "Add 9, 1 and 4.", "Add 3, 3 and 8.", "Add 6, 2 and 1."]
-    before = _mean_format_reward(tmp_path / "reason_64", prompts, tokenizer)
-    after = _mean_format_reward(tmp_path / "grpo_64", prompts, tokenizer)
-    print(f"mean format reward of sampled replies: before GRPO {before:.3f}, after {after:.3f}")
-    assert after > before + 0.1, (before, after)
+    trained = _format_rewards(tmp_path / "trained" / "grpo_64", tokenizer)
+    control = _format_rewards(tmp_path / "control" / "grpo_64", tokenizer)
+    n = len(trained)
+    mean_t, mean_c = sum(trained) / n, sum(control) / n
+    # standard error of the difference of two means of n rewards in [0, 1]
+    se = math.sqrt((sum((x - mean_t) ** 2 for x in trained) + sum((x - mean_c) ** 2 for x in control)) / (n - 1) / n)
+    print(f"mean format reward of {n} sampled replies: control (lr 0) {mean_c:.3f}, trained {mean_t:.3f} (s.e. {se:.3f})")
+    assert mean_t - mean_c > max(0.05, 4 * se), (mean_c, mean_t, se)  # measured: 0.006 -> 0.098, s.e. 0.011

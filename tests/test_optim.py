@@ -16,6 +16,15 @@ from trainer.optim import build_optimizer
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine its spin-waits cost many times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
 def test_muon_takes_block_matrices_and_adamw_the_rest(use_moe):
     model = MiniMindForCausalLM(tiny_config(use_moe=use_moe))
@@ -70,11 +79,20 @@ def test_muon_resume_is_bit_identical(demo, tmp_path):
     assert e.value.code == 2
 
 
-def test_loss_falls_with_muon(demo, tmp_path):
-    run(PRETRAIN, _args(demo, tmp_path, "--max_steps", "30", "--save_interval", "0", "--log_interval", "5"))
-    rows = [json.loads(l) for l in (tmp_path / "runs" / "pretrain_64" / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["loss"]) for r in rows)
-    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, [r["loss"] for r in rows]
+def test_muon_does_the_learning_that_adamw_alone_does_not(demo, tmp_path):
+    """At --learning_rate 1e-5 the AdamW share (embeddings, norms) barely moves the loss; Muon at --muon_lr 0.02
+    trains the block matrices. The control is the same run with AdamW for everything: if Muon were not used (or
+    fell back to AdamW's lr), both runs would look alike."""
+    falls = {}
+    for optimizer in ("muon", "adamw"):
+        out = tmp_path / optimizer
+        run(PRETRAIN, [*_args(demo, out, "--epochs", "2", "--save_interval", "0", "--log_interval", "4"),
+                       "--optimizer", optimizer, "--learning_rate", "1e-5", "--muon_lr", "0.02"])
+        rows = [json.loads(l) for l in (out / "runs" / "pretrain_64" / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(r["loss"]) for r in rows)
+        falls[optimizer] = rows[0]["loss"] - rows[-1]["loss"]
+    print(f"loss fall over 28 steps: muon {falls['muon']:.3f}, adamw alone {falls['adamw']:.3f}")
+    assert falls["muon"] > 0.4 and falls["adamw"] < 0.15, falls  # measured: 0.68 and 0.04
 
 
 def test_time_to_loss_interpolates_the_curves():

@@ -204,7 +204,7 @@ def test_client_leaving_mid_stream_cancels_generation(client, served):
 
 def test_cli_missing_checkpoint_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve_openai_api.py"), "--out_dir", str(tmp_path),
-                           "--dim", "64"], cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                           "--dim", "64"], cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'full_sft_64'} not found — produce it with: python train_full_sft.py --dim 64 --out_dir {tmp_path}"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, skip_unless_required, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
 from inference.generation import generate
 from inference.openai_api import ServedModel
@@ -125,10 +125,10 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("needs the playwright package (pip install -r requirements-dev.txt)")
+        skip_unless_required("needs the playwright package (pip install -r requirements-dev.txt)", "REQUIRE_BROWSER")
     chromium = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
-        pytest.skip("needs a Chromium binary: apt-get install chromium (or set CHROMIUM_PATH)")
+        skip_unless_required("needs a Chromium binary: apt-get install chromium (or set CHROMIUM_PATH)", "REQUIRE_BROWSER")
     with sync_playwright() as playwright:
         # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])

@@ -20,6 +20,7 @@ from .modelio import StageError, build_or_load_model, load_tokenizer
 from .evaluation import score_file
 from .optim import build_optimizer
 from .precision import autocast_dtype
+from .rundir import RunDirBusy, hold_run_dir, watch_launcher
 
 
 class NonFiniteLoss(Exception):
@@ -44,10 +45,12 @@ def run(stage, argv=None):
     run ends, so the module-level stage objects hold no state between runs."""
     args = parse_args(stage, argv)
     info = distributed.setup(args.device)
+    watch_launcher()
     code = 0
     try:
-        train(stage, args, info)
-    except (DataError, StageError, NonFiniteLoss) as e:
+        with hold_run_dir(Path(args.out_dir) / "runs" / run_name(stage, args), info):  # one run per directory
+            train(stage, args, info)
+    except (DataError, StageError, NonFiniteLoss, RunDirBusy) as e:
         if info.is_main:
             print(f"error: {e}", file=sys.stderr)
         code = 2
@@ -64,11 +67,16 @@ def run(stage, argv=None):
         sys.exit(code)
 
 
+def run_name(stage, args) -> str:
+    """The run's name: its final folder OUT_DIR/<name> and its log and checkpoint folder OUT_DIR/runs/<name>."""
+    return args.save_name or stage.output_name(args)
+
+
 def train(stage, args, info):
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer = load_tokenizer(args.tokenizer_path)
-    name = args.save_name or stage.output_name(args)
+    name = run_name(stage, args)
     out_dir = Path(args.out_dir)
     run_dir = out_dir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
@@ -166,8 +174,9 @@ def train(stage, args, info):
                 items = distributed.all_reduce_sum(torch.tensor(float(local_items), device=info.device), info)
                 scale = info.world_size / items  # DDP averages gradients over ranks
                 step_loss = torch.zeros((), device=info.device)
+                step_sums, step_tokens = {}, 0
                 for i, batch in enumerate(group):
-                    window["tokens"] += batch.get("num_tokens", 0)
+                    step_tokens += batch.get("num_tokens", 0)
                     batch = to_device(batch, info.device)
                     sync = nullcontext() if not info.enabled or i == len(group) - 1 else train_model.no_sync()
                     with sync:
@@ -177,13 +186,20 @@ def train(stage, args, info):
                         (scaler.scale(loss) if scaler else loss).backward()
                     step_loss += loss_sum.detach()
                     for k, v in sums.items():
-                        window["sums"][k] = window["sums"].get(k, 0) + v.detach()
+                        step_sums[k] = step_sums.get(k, 0) + v.detach()
                 if scaler:
                     optimizer.unscale_(scaler)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-                bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
-                if args.skip_nonfinite and bool(bad):
+                bad = ~torch.isfinite(step_loss)
+                if scaler is None:
+                    bad |= ~torch.isfinite(grad_norm)
+                else:  # float16: the GradScaler skips steps whose gradients overflow (and lowers its scale)
+                    bad = distributed.all_reduce_sum(bad.float(), info) > 0  # every rank decides alike
+                skipped = args.skip_nonfinite and bool(bad)
+                if skipped:  # nothing of this step reaches the weights or the logged averages
                     optimizer.zero_grad(set_to_none=True)
+                    if scaler:
+                        scaler.update()  # ends the scaler's step (it was unscaled) and lowers the scale
                     log.message(f"step {step + 1}: non-finite loss or gradient, step skipped")
                 else:
                     nonfinite |= bad
@@ -193,8 +209,11 @@ def train(stage, args, info):
                     optimizer.zero_grad(set_to_none=True)
                 step += 1
                 epoch_step += 1
-                window["items"] += float(local_items)
-                window["sums"]["loss"] = window["sums"].get("loss", 0) + step_loss
+                if not skipped:
+                    window["items"] += float(local_items)
+                    window["tokens"] += step_tokens
+                    for k, v in {**step_sums, "loss": step_loss}.items():
+                        window["sums"][k] = window["sums"].get(k, 0) + v
                 progress.update(step=step, epoch=epoch, epoch_step=epoch_step)
                 log.step()
                 last = step == total_steps
@@ -222,9 +241,9 @@ def train(stage, args, info):
 
 def _log_window(log, window, step, epoch, lr, grad_norm, info, train_s):
     """Average the window's sums over its items (across ranks) and log them; one host sync per log step."""
-    keys = sorted(window["sums"])
-    values = torch.stack([torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device) for k in keys])
-    totals = torch.cat([values, torch.tensor([window["items"], float(window["tokens"])], device=info.device)])
+    keys = sorted(window["sums"])  # empty when every step of the window was skipped
+    values = [torch.as_tensor(window["sums"][k], dtype=torch.float32, device=info.device).reshape(1) for k in keys]
+    totals = torch.cat([*values, torch.tensor([window["items"], float(window["tokens"])], device=info.device)])
     totals = distributed.all_reduce_sum(totals, info).tolist()
     items, tokens = totals[-2], totals[-1]
     elapsed = max(time.time() - window["start"], 1e-9)

@@ -1,6 +1,8 @@
 """Run logging: a tqdm bar, a metrics.jsonl file for plotting, optional wandb, and a loss-curve PNG."""
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,7 +20,13 @@ class RunLogger:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
-        self.file = open(run_dir / "metrics.jsonl", "a" if args.resume else "w", encoding="utf-8")
+        path = run_dir / "metrics.jsonl"
+        if args.resume:  # rows logged after the checkpoint will be logged again by this run: drop them
+            kept = "".join(json.dumps(r) + "\n" for r in read_metrics(path) if r.get("step", 0) <= first_step)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(kept, encoding="utf-8")
+            os.replace(tmp, path)
+        self.file = open(path, "a" if args.resume else "w", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=first_step, desc=run_dir.name, disable=args.quiet,
                         dynamic_ncols=True, unit="step")
         if args.use_wandb:
@@ -61,9 +69,21 @@ class RunLogger:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line cut short (the run was killed mid-write) is left out; any other
+    line that is not JSON is left out with a warning naming it."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                warnings.warn(f"{path}:{number}: not a JSON line, skipped", stacklevel=2)
+    return rows
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path, title: str | None = None):

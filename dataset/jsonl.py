@@ -2,18 +2,33 @@
 
 Kinds and their record shapes:
   pretrain  {"text": str}
-  sft       {"conversations": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+  sft       {"conversations": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
             (reasoning and LoRA files use the sft shape too)
   dpo       {"chosen": [turns], "rejected": [turns]}, both ending with an assistant turn
 
+Turns may also carry MiniMind-3's fields (its chat format, see README "Conversation formats"):
+  reasoning_content  assistant: the reasoning, rendered as a <think> block
+  tools              the first, system turn: the functions the assistant may call, a list of OpenAI function
+                     schemas or that list as a JSON string
+  tool_calls         assistant: a list (or JSON string) of {name, arguments} or {type: "function", function: {...}},
+                     arguments an object or a JSON string; the content may then be empty
+  role "tool"        a call's result; it follows the assistant turn that made the calls, one per call at most
+MiniMind2-era replies with inline <think>…</think><answer>…</answer> content need none of them.
+
+Validated turns keep all five fields (None where absent); `tools` and `tool_calls` are kept as JSON text, exactly as
+given when given as a string, so that the Arrow cache holds them losslessly whatever their shape, and the template
+renders them as MiniMind-3's does. `template_messages` turns them back into chat-template messages.
 Keys other than these are ignored.
 """
 import json
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from inference.chat_format import FormatError, normalize_tool_calls, normalize_tools
+
 KINDS = ("pretrain", "sft", "dpo")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+TURN_FIELDS = ("role", "content", "reasoning_content", "tools", "tool_calls")
 
 
 class DataError(Exception):
@@ -57,6 +72,75 @@ def _text(record: dict, key: str, field: str) -> str:
     return value
 
 
+def _optional_text(turn: dict, key: str, field: str) -> str | None:
+    value = turn.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _Invalid(f"{field}: expected a string, got {_json_type(value)}")
+    return value
+
+
+def _as_json_text(value) -> str:
+    """A tools / tool_calls value as JSON text: a string as given (it was parsed to check it), a list dumped."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _turn(turn, i: int, key: str, tool_names: set | None) -> dict:
+    """One validated turn (all of TURN_FIELDS, None where absent). `tool_names`: the functions listed by the system
+    turn, None when it lists none."""
+    field = f"{key}[{i}]"
+    if not isinstance(turn, dict):
+        raise _Invalid(f"{field}: expected an object with role and content, got {_json_type(turn)}")
+    role = _text(turn, "role", f"{field}.role")
+    if role not in ROLES:
+        raise _Invalid(f"{field}.role: unknown role {role!r} (expected {'/'.join(ROLES)})")
+    if role == "system" and i > 0:
+        raise _Invalid(f"{field}.role: a system turn is only allowed first")
+    for name, allowed in (("tools", "system"), ("tool_calls", "assistant"), ("reasoning_content", "assistant")):
+        if turn.get(name) is not None and role != allowed:
+            raise _Invalid(f"{field}.{name}: only {allowed} turns carry {name}")
+    clean = dict.fromkeys(TURN_FIELDS)
+    clean["role"] = role
+    if turn.get("tools") is not None:
+        try:
+            normalize_tools(turn["tools"], f"{field}.tools")
+        except FormatError as e:
+            raise _Invalid(str(e)) from None
+        clean["tools"] = _as_json_text(turn["tools"])
+    if turn.get("tool_calls") is not None:
+        try:
+            calls = normalize_tool_calls(turn["tool_calls"], f"{field}.tool_calls")
+        except FormatError as e:
+            raise _Invalid(str(e)) from None
+        for j, call in enumerate(calls):
+            if tool_names is None:
+                raise _Invalid(f"{field}.tool_calls[{j}]: calls {call['name']!r} but the conversation lists no tools "
+                               f"(give them as `tools` on a first, system turn)")
+            if call["name"] not in tool_names:
+                raise _Invalid(f"{field}.tool_calls[{j}]: calls {call['name']!r}, which is not in tools "
+                               f"(known: {', '.join(sorted(tool_names))})")
+        clean["tool_calls"] = _as_json_text(turn["tool_calls"])
+    clean["reasoning_content"] = _optional_text(turn, "reasoning_content", f"{field}.reasoning_content")
+    # Content may be empty (or null) where the turn says something else: a system turn listing tools, an assistant
+    # turn making calls, a tool result. Elsewhere it must be non-blank text.
+    may_be_empty = (role == "system" and clean["tools"]) or (role == "assistant" and clean["tool_calls"]) \
+        or role == "tool"
+    if may_be_empty and role != "tool":
+        clean["content"] = _optional_text(turn, "content", f"{field}.content") or ""
+    elif may_be_empty:
+        content = turn.get("content")
+        if not isinstance(content, str):
+            raise _Invalid(f"{field}.content: " + ("missing" if "content" not in turn else
+                                                    f"expected a string, got {_json_type(content)}"))
+        clean["content"] = content
+    else:
+        clean["content"] = _text(turn, "content", f"{field}.content")
+    return clean
+
+
+def _n_calls(turn: dict) -> int:
+    return len(normalize_tool_calls(turn["tool_calls"])) if turn["tool_calls"] else 0
+
+
 def _conversation(record: dict, key: str, must_end_with_assistant: bool) -> list[dict]:
     if key not in record:
         raise _Invalid(f"{key}: missing")
@@ -65,22 +149,39 @@ def _conversation(record: dict, key: str, must_end_with_assistant: bool) -> list
         raise _Invalid(f"{key}: expected an array of turns, got {_json_type(turns)}")
     if not turns:
         raise _Invalid(f"{key}: empty")
-    clean = []
+    clean, tool_names = [], None
+    open_calls = 0  # calls of the last assistant turn not yet answered by a tool turn
     for i, turn in enumerate(turns):
-        field = f"{key}[{i}]"
-        if not isinstance(turn, dict):
-            raise _Invalid(f"{field}: expected an object with role and content, got {_json_type(turn)}")
-        role = _text(turn, "role", f"{field}.role")
-        if role not in ROLES:
-            raise _Invalid(f"{field}.role: unknown role {role!r} (expected {'/'.join(ROLES)})")
-        if role == "system" and i > 0:
-            raise _Invalid(f"{field}.role: a system turn is only allowed first")
-        clean.append({"role": role, "content": _text(turn, "content", f"{field}.content")})
+        clean.append(_turn(turn, i, key, tool_names))
+        role = clean[-1]["role"]
+        if i == 0 and clean[0]["tools"]:
+            tool_names = {t["function"]["name"] for t in normalize_tools(clean[0]["tools"])}
+        if role == "tool":
+            if not open_calls:
+                raise _Invalid(f"{key}[{i}]: a tool result with no call before it (it must follow an assistant turn "
+                               f"with tool_calls, one result per call)")
+            open_calls -= 1
+        else:
+            open_calls = _n_calls(clean[-1]) if role == "assistant" else 0
     if not any(turn["role"] == "assistant" for turn in clean):
         raise _Invalid(f"{key}: no assistant turn")
     if must_end_with_assistant and clean[-1]["role"] != "assistant":
         raise _Invalid(f"{key}: must end with an assistant turn")
     return clean
+
+
+def template_messages(turns: list[dict]) -> list[dict]:
+    """Validated turns as chat-template messages: absent fields left out, tools and tool_calls parsed (one call given
+    as an object becomes a list of one)."""
+    messages = []
+    for turn in turns:
+        message = {name: value for name, value in turn.items() if value is not None}
+        for name in ("tools", "tool_calls"):
+            if name in message:
+                value = json.loads(message[name])
+                message[name] = [value] if isinstance(value, dict) else value
+        messages.append(message)
+    return messages
 
 
 def validate(kind: str, record) -> dict:

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import torch
 
-from .jsonl import load_records, skipped_lines_message
+from .jsonl import load_records, skipped_lines_message, template_messages
 from .stats import DataWarning
 
 
 class PromptSet(torch.utils.data.Dataset):
-    """Item i: {"input_ids": chat-template prompt ending with the assistant header, "reference": str}."""
+    """Item i: {"input_ids": chat-template prompt ending with the generation prompt, "reference": str}.
 
-    def __init__(self, path, tokenizer, max_prompt_len: int, skip_bad_lines: bool = False):
+    open_thinking: the generation prompt opens a <think> block (the thinking switch) instead of closing an empty one;
+    a completion then starts inside the reasoning (inference/reasoning.py `reply_in_turn` puts the tag back)."""
+
+    def __init__(self, path, tokenizer, max_prompt_len: int, skip_bad_lines: bool = False, open_thinking: bool = False):
         records = load_records("sft", path, skip_bad_lines)
         if records.n_bad_lines:
             warnings.warn(skipped_lines_message(path, records.n_bad_lines, records.first_error), DataWarning)
@@ -22,7 +25,8 @@ class PromptSet(torch.utils.data.Dataset):
         for record in records.records:
             turns = record["conversations"]
             last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
-            ids = tokenizer.apply_chat_template(turns[:last], tokenize=True, add_generation_prompt=True,
+            ids = tokenizer.apply_chat_template(template_messages(turns[:last]), tokenize=True,
+                                                add_generation_prompt=True, open_thinking=open_thinking,
                                                 return_dict=True)["input_ids"]
             if len(ids) > max_prompt_len:
                 self.n_too_long += 1

@@ -14,6 +14,8 @@ import re
 
 from datasets import Features, List, Value
 
+from .jsonl import template_messages
+
 IGNORE_INDEX = -100
 
 _TOKENS = List(Value("int32"))
@@ -75,6 +77,9 @@ def last_run_only(mask: list[int]) -> list[int]:
 
 
 def _chat_tokens(tokenizer, conversations: list[list[dict]]) -> tuple[list, list]:
+    """Token ids and assistant masks: the chat template decides what the assistant writes (see
+    dataset/tokenizer_training.py: reasoning, content, tool calls and end of turn; not an empty think block)."""
+    conversations = [template_messages(turns) for turns in conversations]
     encoded = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
     return encoded["input_ids"], encoded["assistant_masks"]

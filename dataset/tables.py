@@ -15,7 +15,9 @@ from datasets import Features, List, Value
 
 from . import jsonl, samples
 
-_TURNS = List({"role": Value("string"), "content": Value("string")})
+# Every turn has all of jsonl.TURN_FIELDS (null where absent); tools / tool_calls are JSON text, so any schema shape
+# caches losslessly (a struct column would add missing keys and reorder them).
+_TURNS = List({name: Value("string") for name in jsonl.TURN_FIELDS})
 _RECORD_COLUMNS = {"pretrain": {"text": Value("string")},
                    "sft": {"conversations": _TURNS},
                    "dpo": {"chosen": _TURNS, "rejected": _TURNS}}

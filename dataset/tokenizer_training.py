@@ -7,35 +7,104 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from inference.chat_format import (THINKING_OFF_PROMPT, THINKING_ON_PROMPT, TOOL_CALL_CLOSE, TOOL_CALL_OPEN,
+                                   TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN)
 from inference.reasoning import TAGS as REASONING_TAGS
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN]
-TAG_TOKENS = list(REASONING_TAGS)  # single tokens, so the reasoning format costs one token per tag
-ALL_FIXED_TOKENS = SPECIAL_TOKENS + TAG_TOKENS  # ids 0..6 in this order
+# Single tokens, so each tag costs one token and a loss weight keyed on its id hits only the tag. The reasoning tags
+# keep ids 3-6 (older checkpoints and MiniMind2 data rely on them); the tool tags come after them.
+TAG_TOKENS = list(REASONING_TAGS) + [TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE]
+ALL_FIXED_TOKENS = SPECIAL_TOKENS + TAG_TOKENS  # ids 0..10 in this order
 
 MODEL_MAX_LENGTH = 32768
 
-# ChatML. Each assistant message's content and its <|im_end|> sit inside
-# {% generation %} so that return_assistant_tokens_mask marks exactly those tokens
-# (not the "<|im_start|>assistant\n" header and not the newline after <|im_end|>).
-# No system prompt is inserted when the conversation has none.
+# The system turn's tools block. These strings are part of MiniMind-3's chat format (its models are trained on them),
+# so they are reproduced exactly for conversations to render the same way.
+_TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+_TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+               "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+               "<args-json-object>}\n</tool_call><|im_end|>\n")
+
+
+def _jinja(text: str) -> str:
+    """A Python string as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# ChatML with MiniMind-3's reasoning and tool blocks. For conversations in MiniMind-3's format it renders exactly what
+# MiniMind-3's own template renders (tests/test_chat_template.py checks this against the reference file):
+#   - tools (the `tools=` argument, or else the `tools` list on a first system turn) are listed in the system turn;
+#   - every assistant turn starts with a <think> block: its reasoning_content, or the <think>…</think> at the start of
+#     its content (MiniMind2's inline style), or empty; its tool_calls follow the content as <tool_call> blocks;
+#   - tool results go into one user turn per run of tool messages, each as a <tool_response> block;
+#   - the generation prompt opens a <think> block when open_thinking (or vLLM's enable_thinking) is true, else it
+#     writes an empty closed one.
+# {% generation %} marks what the assistant writes given the prompt that would produce its turn, so that
+# return_assistant_tokens_mask (the training loss mask) covers exactly that: the reasoning after "<think>\n", the
+# closing tag, the content, the tool calls and <|im_end|>. Not marked: the header, the "<think>\n" that the thinking-on
+# prompt writes, an empty think block (what the thinking-off prompt writes, so empty blocks are trained as context,
+# never as output), and everything in system, user and tool turns.
 CHAT_TEMPLATE = (
+    "{%- if not tools and messages and messages[0].role == 'system' and messages[0].tools"
+    " and messages[0].tools is not string -%}"
+    "{%- set tools = messages[0].tools -%}"
+    "{%- endif -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0].role == 'system' -%}{{- messages[0].content + '\\n\\n' -}}{%- endif -%}"
+    "{{- " + _jinja(_TOOLS_HEAD) + " -}}"
+    "{%- for tool in tools -%}{{- '\\n' -}}{{- tool | tojson -}}{%- endfor -%}"
+    "{{- " + _jinja(_TOOLS_TAIL) + " -}}"
+    "{%- elif messages and messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- set content = message.content if message.content is string else '' -%}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' -}}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- set reasoning = '' -%}"
+    "{%- if message.reasoning_content is string -%}"
+    "{%- set reasoning = message.reasoning_content -%}"
+    "{%- elif '</think>' in content -%}"
+    "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+    "{%- endif -%}"
+    "{%- set reasoning = reasoning.strip('\\n') -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if reasoning -%}{{- " + _jinja(THINKING_ON_PROMPT) + " -}}"
+    "{%- else -%}{{- " + _jinja(THINKING_OFF_PROMPT) + " -}}{%- endif -%}"
     "{%- generation -%}"
-    "{{- message['content'] + '<|im_end|>' -}}"
+    "{%- if reasoning -%}{{- reasoning + '\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{{- content.lstrip('\\n') -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- if content or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- set function = call.function or call -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + function.name + '\", \"arguments\": ' -}}"
+    "{%- if function.arguments is string -%}{{- function.arguments -}}"
+    "{%- else -%}{{- function.arguments | tojson -}}{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}"
     "{%- endgeneration -%}"
     "{{- '\\n' -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- elif message.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if (open_thinking is defined and open_thinking is true)"
+    " or (enable_thinking is defined and enable_thinking is true) -%}"
+    "{{- " + _jinja(THINKING_ON_PROMPT) + " -}}"
+    "{%- else -%}{{- " + _jinja(THINKING_OFF_PROMPT) + " -}}{%- endif -%}"
     "{%- endif -%}"
 )
 
@@ -48,7 +117,8 @@ def _record_texts(record: dict) -> list[str]:
     if "text" in record:
         return [record["text"]]
     if "conversations" in record:
-        return [m["content"] for m in record["conversations"] if m.get("content")]
+        return [text for m in record["conversations"] for text in (m.get("reasoning_content"), m.get("content"))
+                if isinstance(text, str) and text]
     if "chosen" in record or "rejected" in record:
         # dpo: the prompt is the same in both lists, so take it once.
         chosen = [m["content"] for m in record.get("chosen", []) if m.get("content")]
@@ -103,11 +173,12 @@ def _iter_with_progress(paths: list[Path], show: bool) -> Iterator[str]:
 
 
 def train_tokenizer(paths: list[Path], vocab_size: int, min_frequency: int = 0, show_progress: bool = True):
-    """Train the byte-level BPE and return a ``tokenizers.Tokenizer`` with ids 0..6 fixed."""
+    """Train the byte-level BPE and return a ``tokenizers.Tokenizer`` with ids 0..10 fixed (ALL_FIXED_TOKENS)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < len(ALL_FIXED_TOKENS) + 256:
-        raise ValueError(f"vocab_size must be at least {len(ALL_FIXED_TOKENS) + 256} (7 fixed tokens + 256 bytes)")
+        raise ValueError(f"vocab_size must be at least {len(ALL_FIXED_TOKENS) + 256} "
+                         f"({len(ALL_FIXED_TOKENS)} fixed tokens + 256 bytes)")
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -115,7 +186,7 @@ def train_tokenizer(paths: list[Path], vocab_size: int, min_frequency: int = 0, 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=ALL_FIXED_TOKENS,  # gives them ids 0..6, in order
+        special_tokens=ALL_FIXED_TOKENS,  # gives them ids 0..10, in order
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
@@ -246,7 +317,7 @@ def verify(out_dir: Path, vocab_size: int) -> None:
     tk = AutoTokenizer.from_pretrained(str(out_dir))
     assert len(tk) == vocab_size, (len(tk), vocab_size)
     assert (tk.pad_token_id, tk.unk_token_id, tk.bos_token_id, tk.eos_token_id) == (0, 0, 1, 2)
-    for i, tag in enumerate(TAG_TOKENS, start=3):
+    for i, tag in enumerate(TAG_TOKENS, start=len(SPECIAL_TOKENS)):
         ids = tk.encode(f"a{tag}\nb", add_special_tokens=False)
         assert ids.count(i) == 1 and tk.convert_ids_to_tokens(i) == tag, (tag, ids)
         assert tag in tk.decode(ids, skip_special_tokens=True)
@@ -255,10 +326,20 @@ def verify(out_dir: Path, vocab_size: int) -> None:
         assert tk.decode(ids) == text, text
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     rendered = tk.apply_chat_template(msgs, tokenize=False)
-    assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n", rendered
+    expected = f"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n{THINKING_OFF_PROMPT}ok<|im_end|>\n"
+    assert rendered == expected, rendered
     out = tk.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     masked = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tk.decode(masked) == "ok<|im_end|>", tk.decode(masked)
+    # A generation prompt must tokenize to a prefix of the turn it asks for, with either switch (a merge across the
+    # prompt's end, e.g. of "\n\n", would train the model on token sequences it is never asked to continue).
+    for reasoning, switch in (("", False), ("why", True)):
+        for content in ("ok", " ok", "\n\nok", "<tool_call>"):
+            turn = {"role": "assistant", "reasoning_content": reasoning, "content": content}
+            prompt = tk.apply_chat_template(msgs[:1], add_generation_prompt=True, open_thinking=switch,
+                                            return_dict=True)["input_ids"]
+            full = tk.apply_chat_template(msgs[:1] + [turn], return_dict=True)["input_ids"]
+            assert full[:len(prompt)] == prompt, (reasoning, content, tk.convert_ids_to_tokens(full))
 
 
 def print_report(stats: dict, path: Path) -> None:

@@ -14,6 +14,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"  # MiniMind2-era reasoning replies
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+# What the chat template's generation prompt writes after the assistant header: the thinking switch on opens a
+# reasoning block for the model to fill; off (the default) writes an empty, closed one, so the model answers directly.
+THINKING_ON_PROMPT = THINK_OPEN + "\n"
+THINKING_OFF_PROMPT = THINK_OPEN + "\n\n" + THINK_CLOSE + "\n\n"
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 

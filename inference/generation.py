@@ -4,6 +4,8 @@ import threading
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from .chat_format import THINKING_ON_PROMPT
+
 
 def build_prompt(tokenizer, messages, chat: bool = True) -> str:
     """Chat models get the ChatML template with the assistant turn opened; a pretrained model (chat=False)
@@ -16,6 +18,16 @@ def build_prompt(tokenizer, messages, chat: bool = True) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # a tokenizer without a template (e.g. a bare exported folder): write ChatML by hand
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+def template_opens_thinking(tokenizer) -> bool:
+    """Whether the tokenizer's chat template has the thinking switch (open_thinking=True opens a <think> block in the
+    generation prompt). Older templates ignore it; models trained with them open the block themselves."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return False
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                           add_generation_prompt=True, open_thinking=True)
+    return prompt.endswith(THINKING_ON_PROMPT)
 
 
 def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float = 1.0) -> dict:
@@ -170,9 +182,11 @@ def generate(model, tokenizer, prompt: str, **kwargs) -> str:
 
 @torch.inference_mode()
 def sample_replies(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
-                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64) -> list[str]:
-    """`samples` replies per prompt (prompt-major order), generated in left-padded batches with the chat template."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                   max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64, open_thinking: bool = False) -> list[str]:
+    """`samples` replies per prompt (prompt-major order), generated in left-padded batches with the chat template;
+    `open_thinking` is its thinking switch (the replies then start inside the <think> block)."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
+                                           open_thinking=open_thinking)
              for p in prompts for _ in range(samples)]
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

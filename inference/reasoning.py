@@ -3,8 +3,14 @@
 `diagnose` / `is_well_formed` are the definition; the GRPO `format` reward (`format_score`, full credit exactly when
 the reply is well formed) and the evaluation's well-formed share (`format_share`) both use it, so training rewards
 what the evaluation counts.
+
+A reply is judged as its assistant turn reads. The chat template's thinking switch writes the opening `<think>` into
+the prompt, so a completion of such a prompt starts inside the reasoning: `reply_in_turn` puts the tag back, and
+GRPO and the evaluation both judge that (both prompt with the switch on where the template has it).
 """
 import re
+
+from .chat_format import THINKING_ON_PROMPT
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
@@ -31,6 +37,12 @@ def diagnose(text: str) -> str:
         if not group.strip():
             return f"empty {name}"
     return "ok"
+
+
+def reply_in_turn(completion: str, thinking: bool) -> str:
+    """The reply as the assistant turn reads: `thinking` (the prompt opened the <think> block) puts the prompt's
+    opening back in front of the completion."""
+    return THINKING_ON_PROMPT + completion if thinking else completion
 
 
 def is_well_formed(text: str) -> bool:
@@ -81,14 +93,18 @@ def final_number(text: str) -> float | None:
 
 def format_share(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
                  max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64) -> tuple[float, list[str]]:
-    """(share of well-formed replies, the replies) over `samples` sampled replies to each prompt."""
-    from .generation import sample_replies  # here, so the format itself imports without torch (the tokenizer uses the tags)
+    """(share of well-formed replies, the replies as their turns read) over `samples` sampled replies to each prompt,
+    prompted with the thinking switch on where the tokenizer's template has one."""
+    from . import generation  # here, so the format itself imports without torch (the tokenizer uses the tags)
 
+    thinking = generation.template_opens_thinking(tokenizer)
     was_training = model.training
     model.eval()
     try:
-        replies = sample_replies(model, tokenizer, prompts, samples, temperature, top_p, max_new_tokens, seed, batch_size)
+        replies = generation.sample_replies(model, tokenizer, prompts, samples, temperature, top_p, max_new_tokens,
+                                            seed, batch_size, open_thinking=thinking)
     finally:
         model.train(was_training)
+    replies = [reply_in_turn(reply, thinking) for reply in replies]
     share = sum(map(is_well_formed, replies)) / len(replies) if replies else 0.0
     return share, replies

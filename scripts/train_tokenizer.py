@@ -14,13 +14,17 @@ Fixed token ids:
     4  </think>        decode(..., skip_special_tokens=True)
     5  <answer>        (added tokens with special=False)
     6  </answer>
+    7  <tool_call>     tool-call tags, kept the same way
+    8  </tool_call>
+    9  <tool_response>
+   10  </tool_response>
 
 Everything else is learned by BPE over the 256 byte symbols, so any UTF-8 text
 encodes and decodes back exactly.
 
 Example (the command that produced the committed tokenizer)::
 
-    .venv/bin/python scripts/train_tokenizer.py
+    .venv/bin/python scripts/train_tokenizer.py --data ../shared/data/pretrain.jsonl ../shared/data/sft.jsonl --vocab_size 6400 --out_dir model
 
 Only report the compression of an existing tokenizer::
 
@@ -50,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=(
             "Train MiniMind's byte-level BPE tokenizer (ids 0-2: <|endoftext|> <|im_start|> <|im_end|>; "
-            "ids 3-6: <think> </think> <answer> </answer>) and write tokenizer.json + "
-            "tokenizer_config.json (ChatML chat template) loadable by transformers.AutoTokenizer. "
+            "ids 3-6: <think> </think> <answer> </answer>; ids 7-10: <tool_call> </tool_call> <tool_response> "
+            "</tool_response>) and write tokenizer.json + tokenizer_config.json (ChatML chat template with "
+            "MiniMind-3's reasoning and tool blocks) loadable by transformers.AutoTokenizer. "
             "Relative paths are resolved against the repository root."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out_dir", default="model", help="folder to write tokenizer.json and tokenizer_config.json into")
     ap.add_argument(
-        "--vocab_size", type=int, default=6400, help="total vocabulary size, including the 7 fixed tokens and 256 bytes"
+        "--vocab_size", type=int, default=6400, help="total vocabulary size, including the 11 fixed tokens and 256 bytes"
     )
     ap.add_argument(
         "--min_frequency", type=int, default=0, help="minimum count of a pair for the BPE trainer to merge it"

@@ -110,7 +110,7 @@ MALFORMED = [
     ("pretrain", {"text": 5}, "text: expected a string, got number"),
     ("pretrain", b'{"text": "\xff"}', "invalid UTF-8 at byte 10"),
     ("sft", {"conversations": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
-     "conversations[1].role: unknown role 'bot' (expected system/user/assistant)"),
+     "conversations[1].role: unknown role 'bot' (expected system/user/assistant/tool)"),
     ("sft", {"conversations": [{"role": "user", "content": "a"}]}, "conversations: no assistant turn"),
     ("sft", {"conversations": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ["b"]}]},
      "conversations[1].content: expected a string, got array"),
@@ -177,8 +177,9 @@ def test_sft_labels_cover_assistant_replies_only(tmp_path, tokenizer, cache_dir)
 
     full = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
     assert sample["input_ids"] == full[:-1] and len(sample["labels"]) == len(full) - 1
-    assert label_runs(tokenizer, sample) == [turn["content"] + "<|im_end|>"
-                                             for turn in conversation if turn["role"] == "assistant"]
+    # what each reply writes after its generation prompt: the reasoning after the opened "<think>\n" (the think
+    # block is written MiniMind-3's way, a blank line before the answer), the plain reply after an empty think block
+    assert label_runs(tokenizer, sample) == ["2+2=4\n</think>\n\n<answer>\n4\n</answer><|im_end|>", "Four, 四.<|im_end|>"]
     assert all(label in (IGNORE_INDEX, token) for label, token in zip(sample["labels"], full[1:]))
 
 

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO_ROOT / "model"
 SCRIPT = REPO_ROOT / "scripts" / "train_tokenizer.py"
 
-TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
 
 def _load_script_module():
@@ -117,9 +117,10 @@ MULTI_TURN = [
 EXPECTED_MULTI_TURN = (
     "<|im_start|>system\n你是一个乐于助人的助手。<|im_end|>\n"
     "<|im_start|>user\nHi!<|im_end|>\n"
-    "<|im_start|>assistant\nHello, how can I help?<|im_end|>\n"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\nHello, how can I help?<|im_end|>\n"  # an empty think block
     "<|im_start|>user\n1+1=?<|im_end|>\n"
-    "<|im_start|>assistant\n<think>\n简单\n</think>\n<answer>\n2\n</answer><|im_end|>\n"
+    # an inline MiniMind2 reply: the think block is written MiniMind-3's way, one blank line before the answer
+    "<|im_start|>assistant\n<think>\n简单\n</think>\n\n<answer>\n2\n</answer><|im_end|>\n"
 )
 
 
@@ -138,12 +139,14 @@ def test_chat_template_ids_match_plain_encoding(tok):
 def test_generation_prompt(tok):
     msgs = [{"role": "user", "content": "你好"}]
     assert tok.apply_chat_template(msgs, tokenize=False) == "<|im_start|>user\n你好<|im_end|>\n"
+    # thinking off by default: the prompt closes an empty think block; open_thinking=True opens one
     assert (
         tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+        == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
-    ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
-    assert tok.decode(ids) == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                  open_thinking=True)["input_ids"]
+    assert tok.decode(ids) == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n<think>\n"
 
 
 def test_assistant_tokens_mask_two_turns(tok):
@@ -167,18 +170,20 @@ def test_assistant_tokens_mask_two_turns(tok):
             cur = []
     if cur:
         runs.append(cur)
+    # what the assistant writes after the prompt that asks for its turn: the content (thinking off), or the
+    # reasoning after the opened "<think>\n" and then the answer (thinking on)
     assert [tok.decode(r) for r in runs] == [
         "It is 4.<|im_end|>",
-        "<think>\n还是四\n</think>\n<answer>\n4\n</answer><|im_end|>",
+        "还是四\n</think>\n\n<answer>\n4\n</answer><|im_end|>",
     ]
-    # every masked token decoded together is exactly the assistant content + <|im_end|>
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == (
-        "It is 4.<|im_end|><think>\n还是四\n</think>\n<answer>\n4\n</answer><|im_end|>"
+        "It is 4.<|im_end|>还是四\n</think>\n\n<answer>\n4\n</answer><|im_end|>"
     )
-    # the unmasked tokens are the prompts, the assistant headers and the newlines after <|im_end|>
+    # the unmasked tokens are the prompts, the assistant headers with the think-block openings the generation
+    # prompt writes (an empty block, or "<think>\n"), and the newlines after <|im_end|>
     assert tok.decode([i for i, m in zip(ids, mask) if not m]) == (
-        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n\n"
-        "<|im_start|>user\n再问一次<|im_end|>\n<|im_start|>assistant\n\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n\n"
+        "<|im_start|>user\n再问一次<|im_end|>\n<|im_start|>assistant\n<think>\n\n"
     )
     assert mask[-1] == 0 and mask[-2] == 1 and ids[-2] == 2
 
@@ -258,12 +263,12 @@ def test_train_script_small_vocab(tmp_path):
     small = AutoTokenizer.from_pretrained(str(out))
     assert len(small) == 400
     assert (small.pad_token_id, small.unk_token_id, small.bos_token_id, small.eos_token_id) == (0, 0, 1, 2)
-    assert small.convert_tokens_to_ids(TAGS) == [3, 4, 5, 6]
+    assert small.convert_tokens_to_ids(TAGS) == list(range(3, 11))
     text = "<think>\nx\n</think>\n<answer>\n混合 text 🚀\n</answer>"
     ids = small.encode(text, add_special_tokens=False)
     assert ids[0] == 3 and small.decode(ids, skip_special_tokens=True) == text
     prompt = small.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
     # same input -> byte-identical files
     out2 = tmp_path / "tok2"

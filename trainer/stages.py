@@ -10,7 +10,8 @@ from . import losses
 from .checkpoint import save_final
 from .data import TrainData
 from inference.checkpoints import checkpoint_name
-from inference.reasoning import TAGS as REASON_TAGS
+from inference.generation import template_opens_thinking
+from inference.reasoning import TAGS as REASON_TAGS, reply_in_turn
 from .modelio import StageError, check_vocab, load_model, resolve_weights
 
 
@@ -271,7 +272,7 @@ class GRPO(Stage):
     default_from = "reason"
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 256
 
-    run_state = ("rewards", "tokenizer", "reference", "progress")
+    run_state = ("rewards", "tokenizer", "reference", "progress", "thinking")
 
     def add_arguments(self, p):
         g = p.add_argument_group("GRPO")
@@ -290,7 +291,9 @@ class GRPO(Stage):
 
         if not Path(args.data_path).exists():
             raise StageError(f"data file {args.data_path} not found: pass --data_path (conversation jsonl)")
-        dataset = PromptSet(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+        # prompts open the <think> block (the thinking switch) where the template has one: this stage trains reasoning
+        dataset = PromptSet(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                            open_thinking=template_opens_thinking(tokenizer))
         return TrainData(dataset, PromptCollator(tokenizer.pad_token_id, args.num_generations), args, streaming=False)
 
     def setup(self, args, model, tokenizer, info):
@@ -303,6 +306,7 @@ class GRPO(Stage):
         except ValueError as e:
             raise StageError(str(e)) from None
         self.tokenizer = tokenizer
+        self.thinking = template_opens_thinking(tokenizer)  # as build_data prompted
         self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.progress = 0.0
 
@@ -337,6 +341,7 @@ class GRPO(Stage):
         P = prompt_mask.shape[1]
         completions = self.tokenizer.batch_decode(sequences[:, P:].masked_fill(~completion_mask, self.tokenizer.pad_token_id),
                                                   skip_special_tokens=True)
+        completions = [reply_in_turn(c, self.thinking) for c in completions]  # judged as the turn reads
         references = [r for r in batch["references"] for _ in range(args.num_generations)]
         scores = torch.tensor([[fn(c, r) for fn in self.rewards.values()] for c, r in zip(completions, references)],
                               device=sequences.device)  # (N, n_rewards)

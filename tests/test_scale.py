@@ -165,3 +165,37 @@ def test_fsdp_refuses_muon(demo, tmp_path, cache, capsys):
         run(PRETRAIN, [*TINY, "--data_path", demo["pretrain"], "--out_dir", tmp_path, "--cache_dir", cache,
                        "--fsdp", "--optimizer", "muon", "--max_steps", "1"])
     assert "--fsdp with --optimizer muon" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the GPU check and the data benchmark, on the CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path of scripts/gpu_check.sh")
+def test_gpu_check_without_cuda_runs_the_cpu_parts_and_says_what_it_skipped(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "CPU_STEPS": "2", "CPU_BENCH": "0",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary == proc.stdout and "no CUDA GPU" in summary
+    for part in ("cuda tests", "nccl", "bench --grad_ckpt on cuda"):
+        assert any(line.startswith(part) and "skipped" in line for line in summary.splitlines()), part
+    assert any(line.startswith("pretrain ") and " ok" in line for line in summary.splitlines())
+    assert "pretraining: 2 steps, final loss" in summary
+
+
+def test_bench_data_measures_a_first_and_a_cached_second_run(tmp_path):
+    cmd = [sys.executable, "scripts/bench_data.py", "--quick", "--pretrain_mb", "0.3", "--sft_mb", "0",
+           "--stream_mb", "0.1,0.3", "--out", str(tmp_path / "out"), "--json"]
+    proc = cli(*cmd[1:], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    (run_,) = result["runs"]
+    assert run_["kind"] == "pretrain" and 0.3 <= run_["file"]["mb"] < 0.4
+    first, second = run_["first"], run_["second"]
+    assert first["cache_bytes_written"] > 0 and second["cache_bytes_written"] == 0  # the second run reuses the cache
+    assert first["validate_mb_s"] > 0 and first["tokenize_mb_s"] > 0 and first["peak_anon_gb"] > 0
+    small, large = result["streaming"]
+    assert large["rows"] > 2 * small["rows"]  # the whole file was streamed
+    assert not (tmp_path / "out").exists()  # generated files are removed

@@ -4,13 +4,16 @@ Row layouts are numpy arrays rather than Python lists: a corpus of millions of s
 sample, and DataLoader worker processes share the arrays instead of copying them page by page as reference
 counts of Python objects are touched (the "copy-on-read" growth of forked workers).
 """
+import hashlib
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from .packing import best_fit_decreasing
+from . import packing as packing_module
 from .stats import DataStats
 
 
@@ -33,20 +36,29 @@ class PackedRows(torch.utils.data.Dataset):
 
     packing=True bin-packs samples into rows (best fit decreasing, row order shuffled with `seed`);
     packing=False gives one sample per row, in file order. Row i holds the samples
-    row_samples[row_starts[i]:row_starts[i + 1]].
+    row_samples[row_starts[i]:row_starts[i + 1]]. The packed layout is saved beside the samples' cache files
+    and reused (packing millions of samples takes minutes in Python).
     """
 
     def __init__(self, samples, stats: DataStats, packing: bool, seed: int):
         lengths = _lengths(samples, "input_ids")
         kept = _count(samples, stats, lengths)
         stats.n_positions = int(lengths.sum())
-        if packing:
-            bins = best_fit_decreasing(lengths[kept].tolist(), stats.max_seq_len)
+        cached = _layout_file(samples, stats.max_seq_len, seed) if packing else None
+        if cached is not None and cached.exists():
+            with np.load(cached) as layout:
+                self.row_samples, sizes = layout["row_samples"], layout["sizes"]
+        elif packing:
+            bins = packing_module.best_fit_decreasing(lengths[kept].tolist(), stats.max_seq_len)
             order = list(range(len(bins)))
             random.Random(seed).shuffle(order)
             self.row_samples = kept[np.fromiter((j for r in order for j in bins[r]), np.int64, count=len(kept))]
             sizes = np.fromiter((len(bins[r]) for r in order), np.int64, count=len(bins))
             del bins
+            if cached is not None:
+                tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+                np.savez(tmp, row_samples=self.row_samples, sizes=sizes)
+                os.replace(tmp, cached)
         else:
             self.row_samples, sizes = kept, np.ones(len(kept), np.int64)
         self.row_starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -65,6 +77,15 @@ class PackedRows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> list[dict]:
         columns = self.samples[self.row_samples[self.row_starts[i]:self.row_starts[i + 1]].tolist()]
         return [{"input_ids": ids, "labels": labels} for ids, labels in zip(columns["input_ids"], columns["labels"])]
+
+
+def _layout_file(samples, max_seq_len: int, seed: int) -> Path | None:
+    """Where the packed layout of this samples table is cached (None for a table without cache files)."""
+    if not samples.cache_files:
+        return None
+    folder = Path(samples.cache_files[0]["filename"]).parent
+    code = hashlib.sha256(Path(packing_module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
+    return folder / f"packed-{samples._fingerprint}-{max_seq_len}-{seed}-{code}.npz"
 
 
 class PreferencePairs(torch.utils.data.Dataset):

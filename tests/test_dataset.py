@@ -400,3 +400,18 @@ def test_num_proc_gives_the_same_dataset_and_bad_line_numbers(tmp_path, tokenize
     assert [one[i] for i in range(len(one))] == [two[i] for i in range(len(two))]
     with pytest.raises(DataError, match=r"sft.jsonl:78: conversations"):
         build_dataset("sft", path, tokenizer, 64, cache_dir=tmp_path / "c3", num_proc=3)
+
+
+def test_packed_layout_is_cached_with_the_samples(tmp_path, tokenizer, monkeypatch):
+    from dataset import packing
+    calls = Counter()
+    pack = packing.best_fit_decreasing
+    monkeypatch.setattr(packing, "best_fit_decreasing", lambda *a: calls.update(["pack"]) or pack(*a))
+    rng = random.Random(4)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "word " * rng.randint(1, 60)} for _ in range(80)])
+    first = build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c")
+    second = build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c")
+    assert calls["pack"] == 1 and len(first) == len(second) > 1
+    assert [first[i] for i in range(len(first))] == [second[i] for i in range(len(second))]
+    build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c", seed=5)  # another row order: packed anew
+    assert calls["pack"] == 2

@@ -42,7 +42,8 @@ class TrainData:
         stats = getattr(self.dataset, "stats", None)
         if stats is None or self.streaming:
             return []
-        return [str(stats), stats.timing()] if stats.seconds else [str(stats)]
+        timing = getattr(stats, "timing", None)  # map-style builds time their steps; GRPO's prompts do not
+        return [str(stats), timing()] if timing and stats.seconds else [str(stats)]
 
     def _collate(self, rows):
         batch = self.collate(rows)

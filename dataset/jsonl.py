@@ -196,14 +196,29 @@ def validate(kind: str, record) -> dict:
             "rejected": _conversation(record, "rejected", must_end_with_assistant=True)}
 
 
-def iter_lines(path, kind: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def iter_lines(path, kind: str, start: int = 0, end: int | None = None, first_line: int = 1,
+               shard_index: int = 0, num_shards: int = 1) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, clean record, None) for a good line, (line number, None, problem) for a bad one.
 
     Blank lines are skipped. Lines are decoded one at a time so that one bad byte costs one line.
+    start/end: read only the lines that begin in this byte range (start at a line start, numbered from
+    first_line; see line_ranges). shard_index/num_shards: only every num_shards-th non-blank line, the others
+    skipped before they are decoded or parsed.
     """
     check_kind(kind)
+    ordinal = -1
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+        f.seek(start)
+        position = start
+        for line_no, raw in enumerate(f, start=first_line):
+            if end is not None and position >= end:
+                break
+            position += len(raw)
+            if not raw.strip():
+                continue
+            ordinal += 1
+            if ordinal % num_shards != shard_index:
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -220,6 +235,32 @@ def iter_lines(path, kind: str) -> Iterator[tuple[int, dict | None, str | None]]
                 yield line_no, validate(kind, record), None
             except _Invalid as e:
                 yield line_no, None, str(e)
+
+
+def line_ranges(path, n: int, chunk: int = 1 << 24) -> list[tuple[int, int, int]]:
+    """The file cut into about n byte ranges at line starts: [(start, end, number of the first line)], for
+    validating the ranges in parallel with iter_lines. One pass that only counts newlines."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        cuts = [0]
+        for k in range(1, n):
+            f.seek(max(cuts[-1], size * k // n))
+            if f.tell() > 0:
+                f.seek(f.tell() - 1)
+                f.readline()  # to the start of the next line (stays put if already at one)
+            if f.tell() < size and f.tell() > cuts[-1]:
+                cuts.append(f.tell())
+        cuts.append(size)
+        ranges, line = [], 1
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            ranges.append((start, end, line))
+            f.seek(start)
+            remaining = end - start
+            while remaining:
+                block = f.read(min(chunk, remaining))
+                line += block.count(b"\n")
+                remaining -= len(block)
+    return ranges
 
 
 class Records(NamedTuple):

@@ -1,24 +1,33 @@
-"""Map-style datasets over a tokenized samples table."""
-import random
+"""Map-style datasets over a tokenized samples table.
 
+Row layouts are numpy arrays rather than Python lists: a corpus of millions of samples then costs a few bytes per
+sample, and DataLoader worker processes share the arrays instead of copying them page by page as reference
+counts of Python objects are touched (the "copy-on-read" growth of forked workers).
+"""
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from .packing import best_fit_decreasing
+from . import packing as packing_module
 from .stats import DataStats
 
 
-def _lengths(samples, column: str) -> list[int]:
-    return pc.list_value_length(samples.data.column(column)).to_pylist()
+def _lengths(samples, column: str) -> np.ndarray:
+    return pc.list_value_length(samples.data.column(column)).to_numpy().astype(np.int64)
 
 
-def _count(samples, stats: DataStats, lengths: list[int]) -> list[int]:
+def _count(samples, stats: DataStats, lengths: np.ndarray) -> np.ndarray:
     """Fill the sample counts of `stats`; returns the indices of the samples that are kept."""
-    kept = [i for i, n in enumerate(lengths) if n]
+    kept = np.flatnonzero(lengths)
     stats.n_samples = len(kept)
     stats.n_dropped = len(lengths) - len(kept)
-    stats.n_truncated = sum(samples["truncated"])
-    stats.n_label_tokens = sum(samples["n_targets"])
+    stats.n_truncated = int(pc.sum(samples.data.column("truncated").cast("int64")).as_py() or 0)
+    stats.n_label_tokens = int(pc.sum(samples.data.column("n_targets").cast("int64")).as_py() or 0)
     return kept
 
 
@@ -26,29 +35,57 @@ class PackedRows(torch.utils.data.Dataset):
     """Item i is a row: a list of samples ({"input_ids", "labels"}) with at most max_seq_len positions.
 
     packing=True bin-packs samples into rows (best fit decreasing, row order shuffled with `seed`);
-    packing=False gives one sample per row, in file order.
+    packing=False gives one sample per row, in file order. Row i holds the samples
+    row_samples[row_starts[i]:row_starts[i + 1]]. The packed layout is saved beside the samples' cache files
+    and reused (packing millions of samples takes minutes in Python).
     """
 
     def __init__(self, samples, stats: DataStats, packing: bool, seed: int):
         lengths = _lengths(samples, "input_ids")
         kept = _count(samples, stats, lengths)
-        stats.n_positions = sum(lengths)
-        if packing:
-            bins = best_fit_decreasing([lengths[i] for i in kept], stats.max_seq_len)
-            self.rows = [[kept[j] for j in row] for row in bins]
-            random.Random(seed).shuffle(self.rows)
+        stats.n_positions = int(lengths.sum())
+        cached = _layout_file(samples, stats.max_seq_len, seed) if packing else None
+        if cached is not None and cached.exists():
+            with np.load(cached) as layout:
+                self.row_samples, sizes = layout["row_samples"], layout["sizes"]
+        elif packing:
+            bins = packing_module.best_fit_decreasing(lengths[kept].tolist(), stats.max_seq_len)
+            order = list(range(len(bins)))
+            random.Random(seed).shuffle(order)
+            self.row_samples = kept[np.fromiter((j for r in order for j in bins[r]), np.int64, count=len(kept))]
+            sizes = np.fromiter((len(bins[r]) for r in order), np.int64, count=len(bins))
+            del bins
+            if cached is not None:
+                tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+                np.savez(tmp, row_samples=self.row_samples, sizes=sizes)
+                os.replace(tmp, cached)
         else:
-            self.rows = [[i] for i in kept]
-        stats.n_rows = len(self.rows)
+            self.row_samples, sizes = kept, np.ones(len(kept), np.int64)
+        self.row_starts = np.concatenate([[0], np.cumsum(sizes)])
+        stats.n_rows = len(sizes)
         self.stats = stats
         self.samples = samples.select_columns(["input_ids", "labels"])
 
+    @property
+    def rows(self) -> list[np.ndarray]:
+        """Every row's sample indices (for inspection; training reads rows one at a time)."""
+        return [self.row_samples[a:b] for a, b in zip(self.row_starts[:-1], self.row_starts[1:])]
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.row_starts) - 1
 
     def __getitem__(self, i: int) -> list[dict]:
-        columns = self.samples[self.rows[i]]
+        columns = self.samples[self.row_samples[self.row_starts[i]:self.row_starts[i + 1]].tolist()]
         return [{"input_ids": ids, "labels": labels} for ids, labels in zip(columns["input_ids"], columns["labels"])]
+
+
+def _layout_file(samples, max_seq_len: int, seed: int) -> Path | None:
+    """Where the packed layout of this samples table is cached (None for a table without cache files)."""
+    if not samples.cache_files:
+        return None
+    folder = Path(samples.cache_files[0]["filename"]).parent
+    code = hashlib.sha256(Path(packing_module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
+    return folder / f"packed-{samples._fingerprint}-{max_seq_len}-{seed}-{code}.npz"
 
 
 class PreferencePairs(torch.utils.data.Dataset):
@@ -57,7 +94,7 @@ class PreferencePairs(torch.utils.data.Dataset):
     def __init__(self, samples, stats: DataStats):
         chosen, rejected = _lengths(samples, "chosen_input_ids"), _lengths(samples, "rejected_input_ids")
         self.rows = _count(samples, stats, chosen)
-        stats.n_positions = sum(chosen) + sum(rejected)
+        stats.n_positions = int(chosen.sum() + rejected.sum())
         stats.n_rows = len(self.rows)
         self.stats = stats
         self.samples = samples.select_columns(
@@ -67,6 +104,6 @@ class PreferencePairs(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[dict, dict]:
-        row = self.samples[self.rows[i]]
+        row = self.samples[int(self.rows[i])]
         return tuple({"input_ids": row[f"{side}_input_ids"], "labels": row[f"{side}_labels"]}
                      for side in ("chosen", "rejected"))

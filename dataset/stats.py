@@ -1,6 +1,6 @@
 """Counts that describe a built dataset, and the warnings that must not go unnoticed."""
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class DataWarning(UserWarning):
@@ -20,6 +20,8 @@ class DataStats:
     n_rows: int = 0          # dataset items
     n_positions: int = 0     # non-padding positions over all kept samples
     n_label_tokens: int = 0  # labels that carry loss
+    n_bytes: int = 0         # size of the file
+    seconds: dict = field(default_factory=dict)  # map-style build: validate, tokenize, rows (each from cache if cached)
 
     @property
     def fill(self) -> float:
@@ -32,6 +34,15 @@ class DataStats:
                 f"{self.n_rows} rows of <= {self.max_seq_len} positions ({self.fill:.1%} filled), "
                 f"{self.n_label_tokens} label tokens, {self.n_truncated} truncated, {self.n_dropped} dropped, "
                 f"{self.n_bad_lines} bad lines skipped")
+
+    def timing(self) -> str:
+        """One line: how long each build step took, with the file's MB/s (a cached step is a load)."""
+        if not self.seconds:
+            return ""
+        mb = self.n_bytes / 1e6
+        parts = [f"{name} {s:.1f} s" + (f" ({mb / s:.1f} MB/s)" if name != "rows" and s > 0 else "")
+                 for name, s in self.seconds.items()]
+        return f"{self.path}: {mb:.1f} MB ready in {sum(self.seconds.values()):.1f} s: " + ", ".join(parts)
 
     def warn_truncation(self) -> None:
         if not self.n_truncated:

@@ -28,11 +28,12 @@ def record_features(kind: str) -> Features:
     return Features({"line": Value("int64"), "error": Value("string"), **_RECORD_COLUMNS[kind]})
 
 
-def record_rows(path: str, kind: str, shard_index: int = 0, num_shards: int = 1):
-    """Generator for datasets: one row per non-blank line (of this shard)."""
+def record_rows(path: str, kind: str, shard_index: int = 0, num_shards: int = 1, ranges=None):
+    """Generator for datasets: one row per non-blank line (of this shard), or of the given byte ranges
+    [(start, end, first line number)] (datasets hands each worker process its part of the list)."""
     empty = dict.fromkeys(_RECORD_COLUMNS[kind])
-    for ordinal, (line_no, record, problem) in enumerate(jsonl.iter_lines(path, kind)):
-        if ordinal % num_shards == shard_index:
+    for start, end, first_line in ranges or [(0, None, 1)]:
+        for line_no, record, problem in jsonl.iter_lines(path, kind, start, end, first_line, shard_index, num_shards):
             yield {"line": line_no, "error": problem, **(record or empty)}
 
 
@@ -44,14 +45,26 @@ def _source(filename: str) -> str:
     return hashlib.sha256(Path(filename).read_bytes()).hexdigest()
 
 
-def record_table(kind: str, path, cache_dir=None) -> tuple[datasets.Dataset, str]:
-    """The records table of a file and its fingerprint."""
+def record_table(kind: str, path, cache_dir=None, num_proc: int = 1) -> tuple[datasets.Dataset, str]:
+    """The records table of a file and its fingerprint; num_proc > 1 validates byte ranges of the file in
+    parallel (the table, its row order and its cache are the same for any num_proc)."""
     signature = jsonl.file_signature(path)
     fingerprint = _digest("records", kind, signature, _source(jsonl.__file__), _source(__file__))
+    gen_kwargs = {"path": signature["path"], "kind": kind}
+    if num_proc > 1 and _cached_table(cache_dir, fingerprint) is None:
+        gen_kwargs["ranges"] = jsonl.line_ranges(signature["path"], num_proc)
+        num_proc = len(gen_kwargs["ranges"])
     records = datasets.Dataset.from_generator(
         record_rows, features=record_features(kind), cache_dir=cache_dir, fingerprint=fingerprint,
-        gen_kwargs={"path": signature["path"], "kind": kind})
+        gen_kwargs=gen_kwargs, num_proc=num_proc if num_proc > 1 else None)
     return records, fingerprint
+
+
+def _cached_table(cache_dir, fingerprint):
+    """Whether datasets already holds the records table (then there is nothing to split)."""
+    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
+    found = list((root / "generator").glob(f"default-fingerprint={fingerprint}*"))
+    return found[0] if found else None
 
 
 def first_bad_line(records: datasets.Dataset, path) -> tuple[int, jsonl.DataError | None]:
@@ -66,10 +79,10 @@ def first_bad_line(records: datasets.Dataset, path) -> tuple[int, jsonl.DataErro
 
 
 def sample_table(records: datasets.Dataset, records_fingerprint: str, kind: str, tokenizer, max_seq_len: int,
-                 path) -> datasets.Dataset:
+                 path, num_proc: int = 1) -> datasets.Dataset:
     fingerprint = _digest("samples", records_fingerprint, samples.tokenizer_signature(tokenizer),
                           max_seq_len, _source(samples.__file__))
     tokenize = partial(samples.tokenize_batch, kind=kind, tokenizer=tokenizer, max_seq_len=max_seq_len)
     return records.map(tokenize, batched=True, remove_columns=records.column_names,
                        features=samples.sample_features(kind), new_fingerprint=fingerprint,
-                       desc=f"tokenizing {path}")
+                       desc=f"tokenizing {path}", num_proc=num_proc if num_proc > 1 else None)

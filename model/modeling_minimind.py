@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -160,7 +161,10 @@ class MoEFeedForward(nn.Module):
         return out.view(B, T, C), aux_loss
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
+    """With activation checkpointing on (`model.activation_checkpointing_enable()`), a training forward keeps only
+    the block's inputs and recomputes the rest in the backward pass; tensors are therefore passed positionally."""
+
     def __init__(self, config: MiniMindConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -202,7 +206,7 @@ class MiniMindPreTrainedModel(PreTrainedModel):
     config_class = MiniMindConfig
     config: MiniMindConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _supports_sdpa = True
 

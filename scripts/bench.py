@@ -10,6 +10,8 @@ Measures, for one preset/shape, device, dtype and thread count:
   packing     useful-token throughput on real jsonl files, packed rows vs one padded sample per row (MiniMind's
               layout): real (non-padding) and loss-bearing tokens/s, against the ceiling = unpacked positions/s
   loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
+  checkpointing (--grad_ckpt) peak step memory and step time with and without activation checkpointing, by
+              default on the base preset at seq 1024 (RSS on CPU, max_memory_allocated on CUDA)
 
 FLOPs per trained token = 6·N + 12·L·T·d, with N the parameters that take part in a matmul (every Linear,
 the tied LM head counted once; the embedding lookup and the norms are left out), L layers, T the sequence
@@ -22,6 +24,7 @@ Examples:
     python scripts/bench.py --quick               # tiny shape, 2 steps: a smoke run
     python scripts/bench.py --device cuda --dtype bfloat16
     python scripts/bench.py --loss_curve 300      # fp32 vs bf16 loss curves on the kit's pretrain.jsonl
+    python scripts/bench.py --grad_ckpt           # activation checkpointing: memory saved, time it costs
 """
 import argparse
 import contextlib
@@ -63,8 +66,8 @@ def log(*parts):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--config", default="small", help="preset name in configs/ or a yaml path (default: small)")
-    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--config", default=None, help="preset name in configs/ or a yaml path (default: small; base with --grad_ckpt)")
+    p.add_argument("--seq_len", type=int, default=None, help="default 256; 1024 with --grad_ckpt")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "both"],
@@ -97,10 +100,16 @@ def parse_args(argv=None):
     p.add_argument("--loss_curve", type=int, nargs="?", const=300, default=None, metavar="STEPS",
                    help="only train the preset on --pretrain_data in fp32 and bf16 from the same init and data order "
                         "for STEPS steps (default 300) and report the largest relative gap of the smoothed losses")
+    p.add_argument("--grad_ckpt", action="store_true",
+                   help="only measure activation checkpointing: peak step memory and median step time (--steps) "
+                        "without and with it, on --config (default base) at --seq_len (default 1024), in --dtype "
+                        "(default bfloat16 where native, else float32)")
     p.add_argument("--pretrain_data", default=str(DEFAULT_KIT / "pretrain.jsonl"))
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss curves")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the loss-curve runs (cosine to a tenth)")
     args = p.parse_args(argv)
+    args.config = args.config or ("base" if args.grad_ckpt else "small")
+    args.seq_len = args.seq_len or (1024 if args.grad_ckpt else 256)
     if args.quick:
         args.config, args.seq_len, args.batch_size = "tiny", 32, 2
         args.steps, args.warmup, args.peak_size = 2, 1, args.peak_size or 256
@@ -566,6 +575,58 @@ def run_loss_curve(args, shape, device, tokenizer):
 # output
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# activation checkpointing
+
+
+def bench_checkpointing(args, shape, device, dtype_name):
+    """Our model's training step without and with activation checkpointing, same weights and batches: peak memory
+    of a steady-state step (optimizer state already allocated) and the median step time."""
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(args.seed)
+    model = build_ours(shape, device)
+    stepper = Stepper(model, compile_model=args.compile, fused_adam=args.fused_adam)
+    g = torch.Generator().manual_seed(args.seed)
+    batches = [random_batch(model.config.vocab_size, args.batch_size, args.seq_len, device, g) for _ in range(2)]
+    res = {"dtype": dtype_name, "params": model.num_parameters()}
+    for mode in ("without", "with"):
+        if mode == "with":
+            model.activation_checkpointing_enable()
+        log(f"checkpointing: {mode} ...")
+        for i in range(max(1, args.warmup - 1)):
+            stepper.step(batches[i % 2], device, dtype)
+        with PeakMemory(device) as mem:
+            stepper.step(batches[0], device, dtype)
+        times = [timed(lambda: stepper.step(batches[i % 2], device, dtype), device)[0] for i in range(args.steps)]
+        step = statistics.median(times)
+        res[mode] = {"step_mem_mib": None if mem.mib is None else round(mem.mib, 1), "step_ms": round(step * 1e3, 1),
+                     "tokens_per_s": round(args.batch_size * args.seq_len / step, 1)}
+    off, on = res["without"], res["with"]
+    if off["step_mem_mib"] and on["step_mem_mib"] is not None:
+        res["memory_saved"] = round(1 - on["step_mem_mib"] / off["step_mem_mib"], 4)
+    res["time_cost"] = round(on["step_ms"] / off["step_ms"] - 1, 4)
+    del stepper, model
+    gc.collect()
+    return res
+
+
+def print_checkpointing(r):
+    c = r["config"]
+    what = "RSS above the idle process" if c["device"] == "cpu" else "max_memory_allocated above the idle model"
+    print(f"activation checkpointing: {c['preset']} ({r['params'] / 1e6:.1f}M params), seq {c['seq_len']} x batch "
+          f"{c['batch_size']}, {r['dtype']}, {c['device_name']}, {c['threads']} threads; step memory = peak {what} "
+          f"during one steady-state training step; step time = median of {c['steps']}")
+    print(f"{'checkpointing':<14} {'step MiB':>9} {'step ms':>9} {'tok/s':>8}")
+    for mode in ("without", "with"):
+        m = r[mode]
+        mem = "-" if m["step_mem_mib"] is None else f"{m['step_mem_mib']:,.0f}"
+        print(f"{mode:<14} {mem:>9} {m['step_ms']:>9,.1f} {m['tokens_per_s']:>8,.0f}")
+    if "memory_saved" in r:
+        print(f"memory saved: {pct(r['memory_saved'])}; time cost: {pct(r['time_cost'])}")
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
 def pct(x):
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -676,6 +737,17 @@ def main(argv=None):
               "torch": torch.__version__, "transformers": transformers.__version__,
               "cpu_count": os.cpu_count(), "loadavg_start": round(load_start, 2),
               "peak_size": args.peak_size or (8192 if device.type == "cuda" else 2048)}
+
+    if args.grad_ckpt:
+        dtype_name = args.dtype if args.dtype in DTYPES else ("bfloat16" if has_bf16 else "float32")
+        r = bench_checkpointing(args, shape, device, dtype_name)
+        busy_note(config, notes, "the step times are noisy (the memory figures are not affected)")
+        r.update({"config": config, "notes": notes})
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print_checkpointing(r)
+        return r
 
     if args.loss_curve is not None:
         if not has_bf16:

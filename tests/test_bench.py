@@ -55,3 +55,15 @@ def test_bench_missing_sft_data_is_a_note(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["packing"] == [] and any("not found" in note for note in result["notes"])
+
+
+def test_bench_grad_ckpt_reports_memory_and_time_with_and_without():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--grad_ckpt", "--quick", "--json", "--threads", "1",
+           "--dtype", "float32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["config"]["preset"] == "tiny" and result["dtype"] == "float32"
+    for mode in ("without", "with"):
+        assert result[mode]["step_ms"] > 0 and result[mode]["step_mem_mib"] is not None
+    assert result["time_cost"] == round(result["with"]["step_ms"] / result["without"]["step_ms"] - 1, 4)

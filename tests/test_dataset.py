@@ -367,3 +367,52 @@ def test_packing_fills_rows_on_the_data_kit(data_kit, tokenizer, cache_dir, name
     assert ideal_rows / stats.n_rows >= 0.9 and stats.fill >= 0.9
     placed = sorted(i for row in ds.rows for i in row)
     assert len(placed) == len(set(placed)) == stats.n_samples
+
+
+def test_line_ranges_cut_at_line_starts_and_number_lines(tmp_path):
+    path = tmp_path / "f.jsonl"
+    lines = [f'{{"text": "{"x" * (i % 7)}"}}' for i in range(50)]
+    path.write_text("\n".join(lines[:20]) + "\n\n" + "\n".join(lines[20:]) + "\n", encoding="utf-8")  # a blank line
+    data = path.read_bytes()
+    for n in (1, 2, 3, 7, 200):
+        ranges = jsonl.line_ranges(path, n)
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(data) and len(ranges) <= n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, no overlap
+        for start, _, first_line in ranges:
+            assert start == 0 or data[start - 1:start] == b"\n"
+            assert first_line == data[:start].count(b"\n") + 1
+        pieces = [list(jsonl.iter_lines(path, "pretrain", *r)) for r in ranges]
+        assert [x for p in pieces for x in p] == list(jsonl.iter_lines(path, "pretrain"))
+
+
+@pytest.mark.filterwarnings("ignore::dataset.stats.DataWarning")
+def test_num_proc_gives_the_same_dataset_and_bad_line_numbers(tmp_path, tokenizer):
+    rng = random.Random(3)
+    good = [GOOD["sft"], {"conversations": [{"role": "user", "content": "hi " * rng.randint(1, 30)},
+                                            {"role": "assistant", "content": "ok " * rng.randint(1, 30)}]}]
+    lines = [json.dumps(good[i % 2]) for i in range(120)]
+    lines[77] = '{"conversations": 5}'
+    lines[101] = "not json"
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    one = build_dataset("sft", path, tokenizer, 64, cache_dir=tmp_path / "c1", skip_bad_lines=True)
+    two = build_dataset("sft", path, tokenizer, 64, cache_dir=tmp_path / "c2", skip_bad_lines=True, num_proc=2)
+    assert one.stats.n_bad_lines == two.stats.n_bad_lines == 2
+    assert [one[i] for i in range(len(one))] == [two[i] for i in range(len(two))]
+    with pytest.raises(DataError, match=r"sft.jsonl:78: conversations"):
+        build_dataset("sft", path, tokenizer, 64, cache_dir=tmp_path / "c3", num_proc=3)
+
+
+def test_packed_layout_is_cached_with_the_samples(tmp_path, tokenizer, monkeypatch):
+    from dataset import packing
+    calls = Counter()
+    pack = packing.best_fit_decreasing
+    monkeypatch.setattr(packing, "best_fit_decreasing", lambda *a: calls.update(["pack"]) or pack(*a))
+    rng = random.Random(4)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "word " * rng.randint(1, 60)} for _ in range(80)])
+    first = build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c")
+    second = build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c")
+    assert calls["pack"] == 1 and len(first) == len(second) > 1
+    assert [first[i] for i in range(len(first))] == [second[i] for i in range(len(second))]
+    build_dataset("pretrain", path, tokenizer, 64, cache_dir=tmp_path / "c", seed=5)  # another row order: packed anew
+    assert calls["pack"] == 2

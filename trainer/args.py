@@ -29,6 +29,7 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g.add_argument("--skip_bad_lines", action="store_true", help="skip malformed jsonl lines and report their count instead of stopping")
     g.add_argument("--cache_dir", default=None, help="where tokenized data is cached (default: the datasets library's cache)")
     g.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--num_proc", type=int, default=1, help="processes that validate and tokenize a jsonl file into the cache (map-style; a cache built with another --num_proc is rebuilt)")
     g.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the project's tokenizer in model/)")
 
     g = p.add_argument_group("model")
@@ -74,6 +75,10 @@ def base_parser(stage) -> argparse.ArgumentParser:
                    help="autocast precision (weights stay fp32): auto = bfloat16 where the device has it natively (CUDA; CPUs with avx512_bf16/AMX), else float32; float16 adds a GradScaler")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model for the training steps (first steps are slow while it compiles; on CPU it needs a C++ compiler)")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="activation checkpointing (Hugging Face's activation_checkpointing_enable): keep only each block's input in the forward pass and recompute the block in the backward pass; less activation memory for about one more forward pass of compute")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard weights, gradients and optimizer state across the processes (PyTorch FSDP2) instead of DDP's full copy in each; checkpoints become sharded (torch.distributed.checkpoint), the final model a normal folder; AdamW only")
 
     g = p.add_argument_group("output and logging")
     g.add_argument("--out_dir", default="out", help="where final model folders, run logs and checkpoints go")

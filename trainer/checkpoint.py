@@ -62,9 +62,15 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scaler, progress: dict) ->
     torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng": rng_state()}, tmp / "trainer_state.pt")
     (tmp / "progress.json").write_text(json.dumps(progress, indent=1, default=str), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    return publish(tmp, final, ckpt_dir)
+
+
+def publish(tmp: Path, final: Path, ckpt_dir: Path) -> Path:
+    """Make the complete checkpoint folder `tmp` durable, rename it to `final`, point `latest` at it and prune."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
@@ -86,6 +92,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scaler) -> dict:
     """Restore model, optimizer, scaler and RNG from `path`; return its progress dict."""
+    if (path / "sharded").is_dir():
+        raise ValueError(f"{path} is a sharded checkpoint written with --fsdp: resume with --fsdp under torchrun")
     load_model(model, str(path / "model.safetensors"))
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
     try:

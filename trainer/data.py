@@ -30,7 +30,7 @@ class TrainData:
         dataset = build_dataset(
             kind, args.data_path, tokenizer, args.max_seq_len, packing=not args.no_packing and kind != "dpo",
             cache_dir=args.cache_dir, skip_bad_lines=args.skip_bad_lines, streaming=args.streaming,
-            seed=args.seed, rank=info.rank, world_size=info.world_size,
+            seed=args.seed, rank=info.rank, world_size=info.world_size, num_proc=args.num_proc,
         )
         pad = tokenizer.pad_token_id
         collate = DPOCollator(pad, args.max_seq_len) if kind == "dpo" else PackedBatchCollator(pad, args.max_seq_len)
@@ -40,7 +40,10 @@ class TrainData:
 
     def report(self) -> list[str]:
         stats = getattr(self.dataset, "stats", None)
-        return [str(stats)] if stats is not None and not self.streaming else []
+        if stats is None or self.streaming:
+            return []
+        timing = getattr(stats, "timing", None)  # map-style builds time their steps; GRPO's prompts do not
+        return [str(stats), timing()] if timing and stats.seconds else [str(stats)]
 
     def _collate(self, rows):
         batch = self.collate(rows)

@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import DataError
-from . import distributed
+from . import distributed, fsdp
 from .args import parse_args
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import RunLogger
@@ -91,9 +91,14 @@ def train(stage, args, info):
             print(line, file=sys.stderr)
 
     model = build_or_load_model(args, stage, tokenizer)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     model = stage.prepare_model(model, args)
     model.to(info.device)
-    stage.setup(args, model, tokenizer, info)
+    stage.setup(args, model, tokenizer, info)  # frozen reference/teacher copies are made here, unsharded
+    use_fsdp = fsdp.check(args, info)
+    if use_fsdp:
+        fsdp.shard(model)  # before the optimizer: sharding replaces the parameters
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, args, info.device)
     if info.is_main:
@@ -108,14 +113,17 @@ def train(stage, args, info):
         if path is None:
             raise StageError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
         try:
-            progress = load_checkpoint(path, model, optimizer, scaler)
+            if use_fsdp:
+                progress = fsdp.load_checkpoint(path, model, optimizer, scaler, info)
+            else:
+                progress = load_checkpoint(path, model, optimizer, scaler)
         except ValueError as e:
             raise StageError(str(e)) from None
         if info.is_main:
             print(f"resumed from {path} (step {progress['step']})", file=sys.stderr)
 
     train_model = model
-    if info.enabled:
+    if info.enabled and not use_fsdp:
         train_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                               find_unused_parameters=bool(getattr(model.config, "use_moe", False)))
     if args.compile:
@@ -140,17 +148,21 @@ def train(stage, args, info):
     def checkpoint():
         train_s = clock.seconds()
         with clock.paused():
-            if info.is_main:
-                save_checkpoint(ckpt_dir, model, optimizer, scaler, {**progress, "train_s": train_s, "args": vars(args)})
+            state = {**progress, "train_s": train_s, "args": vars(args)}
+            if use_fsdp:
+                fsdp.save_checkpoint(ckpt_dir, model, optimizer, scaler, state, info)
+            elif info.is_main:
+                save_checkpoint(ckpt_dir, model, optimizer, scaler, state)
             distributed.barrier(info)
 
     def validate():
         train_s = clock.seconds()
         with clock.paused():
-            if info.is_main:
+            if info.is_main or use_fsdp:  # a sharded model runs its forward on every rank
                 with autocast():
                     score = score_file(model, tokenizer, args.eval_data, "auto", args.max_seq_len,
                                        args.batch_size, limit=args.eval_rows, cache_dir=args.cache_dir)
+            if info.is_main:
                 log.log(step, {"val_loss": score.loss, "val_bpb": score.bits_per_byte, "train_s": train_s})
             distributed.barrier(info)
 
@@ -178,7 +190,7 @@ def train(stage, args, info):
                 for i, batch in enumerate(group):
                     step_tokens += batch.get("num_tokens", 0)
                     batch = to_device(batch, info.device)
-                    sync = nullcontext() if not info.enabled or i == len(group) - 1 else train_model.no_sync()
+                    sync = fsdp.accumulate_only(train_model, info.enabled and i < len(group) - 1)
                     with sync:
                         with autocast():
                             loss_sum, sums = stage.loss(train_model, batch, args)
@@ -189,7 +201,7 @@ def train(stage, args, info):
                         step_sums[k] = step_sums.get(k, 0) + v.detach()
                 if scaler:
                     optimizer.unscale_(scaler)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+                grad_norm = fsdp.local(torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf")))
                 bad = ~torch.isfinite(step_loss)
                 if scaler is None:
                     bad |= ~torch.isfinite(grad_norm)
@@ -232,8 +244,11 @@ def train(stage, args, info):
             progress.update(epoch=epoch + 1, epoch_step=0)
         progress.update(epoch=args.epochs if step >= steps_per_epoch * args.epochs else progress["epoch"])
         checkpoint()
+        final = model
+        if use_fsdp:  # the stage's starting model, with the trained weights gathered into it
+            final = fsdp.gather_full_model(model, lambda: stage.prepare_model(build_or_load_model(args, stage, tokenizer), args))
         if info.is_main:
-            out = stage.save(model, tokenizer, args, Path(args.out_dir) / name)
+            out = stage.save(final, tokenizer, args, Path(args.out_dir) / name)
             log.message(f"saved {out}")
     finally:
         log.close()

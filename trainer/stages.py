@@ -328,7 +328,9 @@ class GRPO(Stage):
         sequences = policy.generate(
             input_ids=prompts, attention_mask=prompt_mask, do_sample=True, temperature=args.temperature,
             top_p=args.top_p, top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id)
+            eos_token_id=self.tokenizer.eos_token_id,
+            # sharded (--fsdp), every rank must run the same number of forward passes: finished ranks keep stepping
+            synced_gpus=getattr(args, "fsdp", False) and torch.distributed.is_initialized())
         policy.train()
         completion = sequences[:, prompts.shape[1]:]
         is_eos = completion == self.tokenizer.eos_token_id

@@ -135,7 +135,7 @@ def test_lora_learns_the_kit_identity_file(tmp_path, data_kit, base, tok, cache)
     data = data_kit / "lora_identity.jsonl"
     before = mean_assistant_loss(load_model(base), data, tok, cache)
     run(LORA, [*TINY, "--data_path", data, "--from_weight", base, "--out_dir", tmp_path, "--cache_dir", cache,
-               "--max_steps", "15", "--batch_size", "8", "--learning_rate", "3e-2", "--lora_rank", "16",
+               "--max_steps", "15", "--batch_size", "8", "--learning_rate", "1e-2", "--lora_rank", "16",
                "--lora_alpha", "32", "--save_interval", "0"])
     adapted = PeftModel.from_pretrained(load_model(base), tmp_path / "lora" / "lora_identity_64")
     after = mean_assistant_loss(adapted, data, tok, cache)

@@ -17,10 +17,10 @@ BANDS = {
     "identity before LoRA": (("report", "identity", "base_share"), 0.0, 0.25, "0 of 4 held-out phrasings"),
     "identity with LoRA": (("report", "identity", "lora_share"), 0.5, 1.0, "3 of 4"),
     "DPO pref. accuracy, SFT": (("report", "dpo", "before"), 0.35, 0.75, "58%"),
-    "DPO pref. accuracy, DPO": (("report", "dpo", "after"), 0.75, 1.0, "86%"),
+    "DPO pref. accuracy, DPO": (("report", "dpo", "after"), 0.7, 1.0, "86%"),  # 80% measured with 1 thread
     "well-formed reasoning, before": (("report", "reason", "before"), 0.0, 0.2, "0%"),
     "well-formed reasoning, after": (("report", "reason", "after"), 0.8, 1.0, "100%"),
-    "seconds, whole demo": (("seconds", "total"), 0, 600, "under 4 minutes on 2 cores"),
+    "seconds, whole demo": (("seconds", "total"), 0, 600, "under 4 minutes on 2 cores"),  # a quiet machine's time
 }
 # and what each stage bought must be a clear gain, not noise
 GAINS = {

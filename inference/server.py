@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .generation import GenerationStream
-from .openai_api import APIError, ChatRequest, chunk_body, completion_body, parse_chat_request, usage
+from .openai_api import (APIError, ChatRequest, StreamDeltas, chunk_body, completion_body, finish_reason,
+                         parse_chat_request, usage)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "chat.html"
@@ -189,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- chat
     def chat_completion(self, req: ChatRequest):
         served = req.served
-        prompt = served.prompt(req.messages)
+        prompt = req.prompt()
         prompt_tokens = len(served.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if prompt_tokens + req.max_tokens > served.context:
             raise APIError(400, f"this model's context is {served.context} tokens; the messages take {prompt_tokens} "
@@ -207,7 +208,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.stream_events(cid, created, req, stream)
                 else:
                     stream.run()
-                    self.send_json(200, completion_body(cid, created, served, stream))
+                    self.send_json(200, completion_body(cid, created, req, stream))
             except ClientGone:
                 raise
             except Exception as e:  # a failure inside generation: report it, keep serving
@@ -231,9 +232,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         served, usage_flag = req.served, req.include_usage
         self.send_event(chunk_body(cid, created, served, {"role": "assistant", "content": ""}, include_usage=usage_flag))
+        deltas = StreamDeltas(req)
         for piece in stream:
-            self.send_event(chunk_body(cid, created, served, {"content": piece}, include_usage=usage_flag))
-        self.send_event(chunk_body(cid, created, served, {}, stream.finish_reason, include_usage=usage_flag))
+            for delta in deltas.feed(piece):
+                self.send_event(chunk_body(cid, created, served, delta, include_usage=usage_flag))
+        for delta in deltas.finish():
+            self.send_event(chunk_body(cid, created, served, delta, include_usage=usage_flag))
+        self.send_event(chunk_body(cid, created, served, {}, finish_reason(stream, deltas.calls > 0),
+                                   include_usage=usage_flag))
         if usage_flag:
             self.send_event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.id,
                              "choices": [], "usage": usage(stream)})

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
+from inference.chat_format import parse_assistant
 from inference.generation import build_prompt, generate
 from inference.openai_api import ServedModel
 from inference.server import make_server
@@ -49,9 +50,10 @@ def client(served):
 
 
 def expected(served_model, text, max_tokens=MAX_TOKENS):
-    """The greedy answer computed in-process, without the server."""
+    """The greedy answer computed in-process, without the server: the content part of the generated text."""
     prompt = build_prompt(served_model.tokenizer, [{"role": "user", "content": text}])
-    return generate(served_model.model, served_model.tokenizer, prompt, max_new_tokens=max_tokens, temperature=0)
+    generated = generate(served_model.model, served_model.tokenizer, prompt, max_new_tokens=max_tokens, temperature=0)
+    return parse_assistant(generated).content
 
 
 def ask(client, text, model="tiny-a", **kwargs):
@@ -119,7 +121,7 @@ def test_stream_usage_and_done_marker(client, served):
 def test_stop_sequence_cuts_the_answer(client, served):
     full = ask(client, "hi").choices[0].message.content
     stop = full[3:5]
-    cut = full[:full.index(stop)]
+    cut = full[:full.index(stop)].strip()
     response = ask(client, "hi", stop=[stop])
     assert response.choices[0].message.content == cut and response.choices[0].finish_reason == "stop"
     assert streamed_text(client, "hi", stop=stop)[0] == cut

@@ -406,6 +406,36 @@ def parse_chat_request(raw: bytes, models: dict, defaults: dict) -> ChatRequest:
                        bool(options and options.get("include_usage")), stop, seed, tools, tool_choice, open_thinking)
 
 
+class ServerTools:
+    """Functions this server runs itself, for its chat page's tool loop: GET /v1/tools lists their schemas, POST
+    /v1/tools/call runs one. (An API client runs its own tools; the OpenAI API has no such routes.) `run(name,
+    arguments: dict) -> str` gives the result text; an exception becomes an error result the model can read."""
+
+    def __init__(self, schemas, run):
+        self.schemas = parse_tools(schemas) or []
+        self.names = {t["function"]["name"] for t in self.schemas}
+        self._run = run
+
+    def call(self, raw: bytes) -> dict:
+        """Run the call in a POST /v1/tools/call body {"name", "arguments": object or JSON string}: {"content"}."""
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        try:
+            call = normalize_call(body, "call")
+        except FormatError as e:
+            raise APIError(400, str(e), param="arguments" if isinstance(body, dict) and body.get("name") else "name") from None
+        if call["name"] not in self.names:
+            raise APIError(404, f"no tool {call['name']!r} on this server (offered: {', '.join(sorted(self.names)) or 'none'})",
+                           param="name", code="tool_not_found")
+        try:
+            content = self._run(call["name"], call["arguments"])
+        except Exception as e:  # a tool's failure is a result the model can read, not a server error
+            content = f"error: {type(e).__name__}: {e}"
+        return {"name": call["name"], "content": content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)}
+
+
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 

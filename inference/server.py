@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .generation import GenerationStream
-from .openai_api import APIError, ChatRequest, chunk_body, completion_body, parse_chat_request, usage
+from .openai_api import (APIError, ChatRequest, ServerTools, StreamDeltas, chunk_body, completion_body, finish_reason,
+                         parse_chat_request, usage)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "chat.html"
@@ -149,6 +150,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.send_json(404, APIError(404, f"The model '{name}' does not exist", param="model",
                                              code="model_not_found").body())
+        elif path in ("/v1/tools", "/tools"):  # the tools this server runs for its chat page
+            tools = self.server.tools
+            self.send_json(200, {"object": "list", "data": tools.schemas if tools else []})
         elif path == "" and self.server.page is not None:
             self.send_page()
         elif path in ("", "/health"):
@@ -162,6 +166,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             try:
                 raw = self.read_body()
+                if path in ("/v1/tools/call", "/tools/call") and self.server.tools is not None:
+                    self.send_json(200, self.server.tools.call(raw))
+                    return
                 if path not in ("/v1/chat/completions", "/chat/completions"):
                     raise APIError(404, f"no route POST {path} (this server offers /v1/chat/completions)", code="not_found")
                 self.chat_completion(parse_chat_request(raw, self.server.models, self.server.defaults))
@@ -189,7 +196,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- chat
     def chat_completion(self, req: ChatRequest):
         served = req.served
-        prompt = served.prompt(req.messages)
+        prompt = req.prompt()
         prompt_tokens = len(served.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if prompt_tokens + req.max_tokens > served.context:
             raise APIError(400, f"this model's context is {served.context} tokens; the messages take {prompt_tokens} "
@@ -207,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.stream_events(cid, created, req, stream)
                 else:
                     stream.run()
-                    self.send_json(200, completion_body(cid, created, served, stream))
+                    self.send_json(200, completion_body(cid, created, req, stream))
             except ClientGone:
                 raise
             except Exception as e:  # a failure inside generation: report it, keep serving
@@ -231,9 +238,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         served, usage_flag = req.served, req.include_usage
         self.send_event(chunk_body(cid, created, served, {"role": "assistant", "content": ""}, include_usage=usage_flag))
+        deltas = StreamDeltas(req)
         for piece in stream:
-            self.send_event(chunk_body(cid, created, served, {"content": piece}, include_usage=usage_flag))
-        self.send_event(chunk_body(cid, created, served, {}, stream.finish_reason, include_usage=usage_flag))
+            for delta in deltas.feed(piece):
+                self.send_event(chunk_body(cid, created, served, delta, include_usage=usage_flag))
+        for delta in deltas.finish():
+            self.send_event(chunk_body(cid, created, served, delta, include_usage=usage_flag))
+        self.send_event(chunk_body(cid, created, served, {}, finish_reason(stream, deltas.calls > 0),
+                                   include_usage=usage_flag))
         if usage_flag:
             self.send_event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.id,
                              "choices": [], "usage": usage(stream)})
@@ -247,10 +259,11 @@ class APIServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, models: dict, defaults: dict, quiet: bool = False, web: bool = True):
+    def __init__(self, address, models: dict, defaults: dict, quiet: bool = False, web: bool = True,
+                 tools: ServerTools | None = None):
         self.page = chat_page(defaults) if web else None  # read before binding: a missing file fails early
         super().__init__(address, Handler)
-        self.models, self.defaults, self.quiet = models, defaults, quiet
+        self.models, self.defaults, self.quiet, self.tools = models, defaults, quiet, tools
         self._connections, self._connections_lock = set(), threading.Lock()
 
     @property
@@ -287,13 +300,15 @@ class APIServer(ThreadingHTTPServer):
 
 
 def make_server(models, host: str = "127.0.0.1", port: int = 8998, *, temperature: float = 0.85, top_p: float = 0.85,
-                max_tokens: int = 512, quiet: bool = False, web: bool = True) -> APIServer:
+                max_tokens: int = 512, quiet: bool = False, web: bool = True,
+                tools: ServerTools | None = None) -> APIServer:
     """A bound server, not yet running: call serve_forever() (e.g. in a thread); shutdown() then server_close()
     stop it. `models` is {id: ServedModel} or a list of ServedModel; port 0 picks a free port (server.port).
-    web=False leaves out the chat page (GET / then answers like /health)."""
+    web=False leaves out the chat page (GET / then answers like /health). `tools` (a ServerTools) are functions the
+    server runs for its chat page, which then offers them to the model and shows the calls and their results."""
     if not isinstance(models, dict):
         models = {m.id: m for m in models}
     if not models:
         raise ValueError("make_server needs at least one model")
     return APIServer((host, port), models, dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens), quiet,
-                     web)
+                     web, tools)

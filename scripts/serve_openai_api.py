@@ -2,9 +2,17 @@
 
   POST /v1/chat/completions   messages, model, temperature, top_p, max_tokens (or max_completion_tokens),
                               stream (server-sent events), stream_options.include_usage, stop, seed, n=1;
-                              also repetition_penalty (not in OpenAI's API). frequency/presence penalties
-                              are accepted and ignored.
+                              tools, tool_choice ("auto" | "none" | "required" | a named function),
+                              parallel_tool_calls (accepted), messages with role "tool" + tool_call_id and
+                              assistant messages with tool_calls; chat_template_kwargs {"open_thinking": bool}
+                              (or vLLM's "enable_thinking"); also repetition_penalty (not in OpenAI's API).
+                              frequency/presence penalties are accepted and ignored.
+                              Answers carry message.reasoning_content (the think part) apart from content,
+                              message.tool_calls with finish_reason "tool_calls"; streamed: delta.reasoning_content,
+                              delta.content and delta.tool_calls (each call whole, once its block is complete).
   GET  /v1/models             the served model ids (a model's id is its folder name)
+  GET  /v1/tools              the tools this server runs for its chat page (--tools); not an OpenAI route
+  POST /v1/tools/call         {"name", "arguments"} -> {"name", "content"}: runs one of them (for the page)
   GET  /health                {"status": "ok"}
   GET  /                      a chat page for the browser (inference/web/chat.html; --no_web turns it off)
 
@@ -20,7 +28,10 @@
 Sampling settings a request leaves out take this server's --temperature/--top_p/--max_new_tokens;
 temperature 0 means greedy decoding. Each model answers one request at a time (a lock per model; other
 requests wait their turn), so answers never mix. A pretrained model (--model_mode 0) continues the last
-message as plain text. Reasoning models' <think>/<answer> tags are returned as generated.
+message as plain text. The think part of a reply (<think>…</think>, also MiniMind2's <think>…</think><answer>…
+</answer>) comes back as reasoning_content; <tool_call> blocks come back as tool_calls when the request offers
+tools, else stay in the content as written. tool_choice "required" or a named function opens the call in the
+prompt (a small model may not call on its own when told to), and such a reply skips the reasoning.
 
 The chat page is one self-contained file (HTML, CSS and JavaScript; nothing fetched from elsewhere, so it works
 offline). It is served with this server's sampling defaults filled in and a Content-Security-Policy that lets
@@ -33,7 +44,7 @@ import sys
 from inference.checkpoints import ModelNotFound, modes_table
 from inference.cli import HelpFormatter, add_model_arguments, add_sampling_arguments
 from inference.loading import quiet_libraries
-from inference.openai_api import load_served_models
+from inference.openai_api import ServerTools, load_served_models
 from inference.server import make_server
 
 
@@ -47,10 +58,21 @@ def parse_args(argv=None):
     g.add_argument("--port", type=int, default=8998, help="port to listen on (0: any free port)")
     g.add_argument("--quiet", action="store_true", help="do not log each request")
     g.add_argument("--no_web", action="store_true", help="do not serve the browser chat page at / (the API only)")
+    g.add_argument("--tools", default=None, metavar="SPEC",
+                   help="tools the server runs for its chat page, which offers them to the model and shows the calls "
+                        "and results: `all` built-in demo tools, names separated by commas, or a JSON file of schemas "
+                        "(API clients always run their own tools; this does not change the API)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 <= args.top_p <= 1:
         parser.error("need --max_new_tokens >= 1, 0 <= --temperature <= 2 and 0 <= --top_p <= 1")
     return args
+
+
+def page_tools(spec: str) -> ServerTools:
+    """The --tools toolbox as the server's page tools."""
+    from inference.tools import load_toolbox  # the built-in demo tools
+    toolbox = load_toolbox(spec)
+    return ServerTools(toolbox.schemas, lambda name, arguments: toolbox.run({"name": name, "arguments": arguments}).content)
 
 
 def _interrupt(signum, frame):
@@ -67,8 +89,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        tools = page_tools(args.tools) if args.tools else None
+    except ValueError as e:
+        print(f"error: --tools: {e}", file=sys.stderr)
+        return 2
+    try:
         server = make_server(models, args.host, args.port, temperature=args.temperature, top_p=args.top_p,
-                             max_tokens=args.max_new_tokens, quiet=args.quiet, web=not args.no_web)
+                             max_tokens=args.max_new_tokens, quiet=args.quiet, web=not args.no_web, tools=tools)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
+from inference.chat_format import parse_assistant
 from inference.generation import build_prompt, generate
 from inference.openai_api import ServedModel
 from inference.server import make_server
@@ -49,9 +50,10 @@ def client(served):
 
 
 def expected(served_model, text, max_tokens=MAX_TOKENS):
-    """The greedy answer computed in-process, without the server."""
+    """The greedy answer computed in-process, without the server: the content part of the generated text."""
     prompt = build_prompt(served_model.tokenizer, [{"role": "user", "content": text}])
-    return generate(served_model.model, served_model.tokenizer, prompt, max_new_tokens=max_tokens, temperature=0)
+    generated = generate(served_model.model, served_model.tokenizer, prompt, max_new_tokens=max_tokens, temperature=0)
+    return parse_assistant(generated).content
 
 
 def ask(client, text, model="tiny-a", **kwargs):
@@ -119,10 +121,16 @@ def test_stream_usage_and_done_marker(client, served):
 def test_stop_sequence_cuts_the_answer(client, served):
     full = ask(client, "hi").choices[0].message.content
     stop = full[3:5]
-    cut = full[:full.index(stop)]
+    cut = full[:full.index(stop)].strip()
     response = ask(client, "hi", stop=[stop])
     assert response.choices[0].message.content == cut and response.choices[0].finish_reason == "stop"
     assert streamed_text(client, "hi", stop=stop)[0] == cut
+
+
+HI = [{"role": "user", "content": "hi"}]
+F = {"type": "function", "function": {"name": "f"}}
+CALLS = {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
 
 
 @pytest.mark.parametrize("body, status, param", [
@@ -141,6 +149,31 @@ def test_stop_sequence_cuts_the_answer(client, served):
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10 ** 9}, 400, "messages"),
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    # tools, tool_choice, tool turns and the thinking switch
+    ({"messages": HI, "tools": {"name": "f"}}, 400, "tools"),
+    ({"messages": HI, "tools": [{"type": "retrieval"}]}, 400, "tools[0].type"),
+    ({"messages": HI, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, 400, "tools[0].function.name"),
+    ({"messages": HI, "tools": [F, F]}, 400, "tools[1].function.name"),
+    ({"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
+     400, "tools[0].function.parameters"),
+    ({"messages": HI, "tools": [F], "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice"),
+    ({"messages": HI, "tools": [F], "tool_choice": "sometimes"}, 400, "tool_choice"),
+    ({"messages": HI, "tool_choice": "required"}, 400, "tool_choice"),
+    ({"messages": HI, "tools": [F], "parallel_tool_calls": "yes"}, 400, "parallel_tool_calls"),
+    ({"messages": HI + [CALLS, {"role": "tool", "content": "2"}]}, 400, "messages[2].tool_call_id"),
+    ({"messages": HI + [CALLS, {"role": "tool", "tool_call_id": "c9", "content": "2"}]}, 400, "messages[2].tool_call_id"),
+    ({"messages": HI + [{"role": "tool", "tool_call_id": "c1", "content": "2"}]}, 400, "messages[1].role"),
+    ({"messages": HI + [CALLS, HI[0]]}, 400, "messages[1].tool_calls"),
+    ({"messages": HI + [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]},
+     400, "messages[1].tool_calls[0].id"),
+    ({"messages": HI + [{"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
+     400, "messages[1].tool_calls[0].function"),
+    ({"messages": HI, "chat_template_kwargs": True}, 400, "chat_template_kwargs"),
+    ({"messages": HI, "chat_template_kwargs": {"open_thinking": "yes"}}, 400, "chat_template_kwargs.open_thinking"),
+    ({"messages": HI, "chat_template_kwargs": {"thinking": True}}, 400, "chat_template_kwargs.thinking"),
+    ({"messages": HI, "chat_template_kwargs": {"open_thinking": True, "enable_thinking": False}}, 400,
+     "chat_template_kwargs"),
 ])
 def test_bad_requests_get_openai_shaped_errors(served, body, status, param):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -11,6 +11,7 @@ import re
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -19,8 +20,9 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, skip_unless_required, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
+from inference.chat_format import parse_assistant
 from inference.generation import generate
-from inference.openai_api import ServedModel
+from inference.openai_api import ServedModel, ServerTools
 from inference.server import make_server
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -36,19 +38,20 @@ class RecordingModel(ServedModel):
         torch.manual_seed(seed)
         model = MiniMindForCausalLM(tiny_config(initializer_range=0.3)).eval()  # large weights: varied answers
         super().__init__(model_id, model, tokenizer)
-        self.requests, self.delay = [], 0.0
+        self.requests, self.thinking, self.delay = [], [], 0.0
         model.register_forward_pre_hook(lambda module, args: time.sleep(self.delay))
 
-    def prompt(self, messages):
+    def prompt(self, messages, tools=None, open_thinking=False):
         self.requests.append(messages)
-        return super().prompt(messages)
+        self.thinking.append(open_thinking)
+        return super().prompt(messages, tools, open_thinking)
 
     def greedy(self, messages, max_tokens=MAX_TOKENS):
-        """The answer the server gives at temperature 0, computed in-process (without the delay)."""
+        """The answer's content the server gives at temperature 0, computed in-process (without the delay)."""
         delay, self.delay = self.delay, 0.0
         try:
-            return generate(self.model, self.tokenizer, super().prompt(messages), max_new_tokens=max_tokens,
-                            temperature=0)
+            return parse_assistant(generate(self.model, self.tokenizer, super().prompt(messages),
+                                            max_new_tokens=max_tokens, temperature=0)).content
         finally:
             self.delay = delay
 
@@ -371,6 +374,112 @@ def test_phone_width(browser, server):
             assert box and box["x"] + box["width"] <= 360 and box["y"] + box["height"] <= 740 and box["height"] >= 36
         ARTIFACTS.mkdir(exist_ok=True)
         p.screenshot(path=str(ARTIFACTS / "web_chat_phone.png"))
+        assert not page.errors
+    finally:
+        page.close()
+
+
+# ---------------------------------------------------------------- thinking switch, reasoning and tool calls
+
+def test_thinking_switch_is_sent_and_reasoning_is_shown_apart(page, server):
+    p = page.page
+    model = server.models["tiny-a"]
+    p.get_by_label("Max tokens").fill("6")
+    bodies = []
+
+    def through(route):  # to the real server, noting what the page asked for
+        bodies.append(route.request.post_data_json)
+        route.continue_()
+
+    p.route("**/v1/chat/completions", through)
+    page.send("hi")
+    assert bodies[-1]["chat_template_kwargs"] == {"open_thinking": False} and model.thinking[-1] is False
+    p.get_by_label("Think").check()
+    page.send("think first")
+    assert bodies[-1]["chat_template_kwargs"] == {"open_thinking": True} and model.thinking[-1] is True
+
+    # a reply whose reasoning comes apart, as reasoning_content deltas
+    p.unroute("**/v1/chat/completions")
+    reasoning = [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"reasoning_content": text},
+                                                                   "finish_reason": None}]} for text in ("6*7 ", "is 42")]
+    p.route("**/v1/chat/completions", lambda route: (bodies.append(route.request.post_data_json), route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body=sse(*reasoning, delta("The answer is "), delta("42."), "[DONE]"))))
+    page.send("6*7?")
+    reply = p.locator(".message.assistant").last
+    think = reply.locator("details.think")
+    assert think.is_visible() and not think.evaluate("d => d.open")
+    assert think.locator("summary").text_content() == "Reasoning"
+    assert think.locator(".think-text").text_content() == "6*7 is 42"
+    assert reply.locator(".text").text_content() == "The answer is 42."
+    page.send("and again?")  # the reasoning goes back with the reply, apart from its content
+    assert bodies[-1]["messages"][-2] == {"role": "assistant", "content": "The answer is 42.",
+                                          "reasoning_content": "6*7 is 42"}
+    assert not page.errors
+
+
+@pytest.fixture
+def tool_server(tokenizer):
+    from scripted_model import TOOLS, ScriptedModel
+    ran = []
+
+    def run(name, arguments):
+        ran.append((name, arguments))
+        if name == "add":
+            raise ValueError("add is broken today")
+        return "23 °C, sunny"
+
+    server = Server([ServedModel("scripted", ScriptedModel(tokenizer), tokenizer)], tools=ServerTools(TOOLS, run))
+    server.ran = ran
+    yield server
+    server.stop()
+
+
+def test_server_tools_routes(tool_server):
+    from scripted_model import TOOLS
+    assert json.loads(get(tool_server.url + "/v1/tools")[2])["data"] == TOOLS
+
+    def call(body):
+        request = urllib.request.Request(tool_server.url + "/v1/tools/call", data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert call({"name": "get_weather", "arguments": '{"city": "Paris"}'}) == (
+        200, {"name": "get_weather", "content": "23 °C, sunny"})
+    assert call({"name": "add", "arguments": {"a": 1}}) == (
+        200, {"name": "add", "content": "error: ValueError: add is broken today"})  # the model reads the failure
+    status, body = call({"name": "rm", "arguments": {}})
+    assert status == 404 and body["error"]["param"] == "name"
+    status, body = call({"name": "add", "arguments": "{oops"})
+    assert status == 400 and body["error"]["param"] == "arguments"
+    assert tool_server.ran == [("get_weather", {"city": "Paris"}), ("add", {"a": 1})]
+
+
+def test_tool_calls_run_and_show_folded_with_their_results(browser, tool_server):
+    from scripted_model import ANSWER, PREAMBLE, RESULT, USER
+    page = Page(browser, tool_server.url)
+    p = page.page
+    try:
+        tools_switch = p.get_by_label("Tools")
+        assert tools_switch.is_visible() and tools_switch.is_checked()  # the server runs tools: offered by default
+        page.send(USER[0]["content"])
+        first, second = p.locator(".message.assistant").all()
+        assert first.locator(".text").text_content() == PREAMBLE
+        call = first.locator("details.tool")
+        assert call.count() == 1 and not call.evaluate("d => d.open")  # folded
+        assert call.locator("summary").text_content() == "Tool call: get_weather → done"
+        call.locator("summary").click()
+        assert json.loads(call.locator(".tool-args").text_content()) == {"city": "Paris"}
+        assert call.locator(".tool-result").text_content() == RESULT and call.locator(".tool-result").is_visible()
+        assert second.locator(".text").text_content() == ANSWER  # the model answered from the result
+        assert tool_server.ran == [("get_weather", {"city": "Paris"})]
+        history = tool_server.models["scripted"].model.prompts
+        assert len(history) == 2 and RESULT in history[1] and RESULT not in history[0]
+        ARTIFACTS.mkdir(exist_ok=True)
+        p.screenshot(path=str(ARTIFACTS / "web_chat_tools.png"), full_page=True)
         assert not page.errors
     finally:
         page.close()

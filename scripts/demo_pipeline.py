@@ -53,8 +53,15 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
         ("dpo", [DPO_STAGE.script, "--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
                  "--batch_size", "16", "--beta", "0.1", *quick]),
         ("reason", [REASON.script, "--data_path", data["reason"], "--epochs", "6", "--learning_rate", "2e-3",
-                    "--batch_size", "32", "--tag_weight", "10", *quick]),
+                    "--tag_weight", "10", *reason_rows(args), *quick]),
     ]
+
+
+def reason_rows(args) -> list[str]:
+    """The demo's reasoning file also holds its tool-use conversations (tools block, calls, results: ~400 tokens
+    each), longer than the demo model's 128-token rows: that stage packs into rows of 512, 8 per batch (the tokens
+    per step of 32 rows of 128)."""
+    return ["--batch_size", "32"] if args.data_dir else ["--max_seq_len", "512", "--batch_size", "8"]
 
 
 def run_stage(label, command, common, log):

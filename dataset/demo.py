@@ -343,7 +343,7 @@ def tool_heldout_lines(rng, n_tools: int = 24, n_thinking: int = 8) -> list[dict
     return out
 
 
-TOOL_CONVERSATIONS, THINKING_CONVERSATIONS = 400, 400  # at scale 1
+TOOL_CONVERSATIONS, THINKING_CONVERSATIONS = 240, 240  # at scale 1 (a tool conversation is ~540 tokens)
 
 
 def tool_and_thinking_lines(rng, scale: float = 1.0) -> list[dict]:

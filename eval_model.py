@@ -67,6 +67,13 @@ REASON_PROMPTS = [
     "9.11和9.9哪个数更大？",
     "如果所有的猫都怕水，而汤姆是一只猫，汤姆怕水吗？",
 ]
+TOOL_PROMPTS = [  # --tools: questions the built-in tools answer
+    "What is 37 times 12?",
+    "Convert 12 km to m.",
+    "What is the capital of Kenya?",
+    "What is the capital of Japan, and what colour is a plum?",
+    "What is 23 times 17, plus 45?",
+]
 LORA_PROMPTS = {
     "lora_identity": ["你是谁？", "你叫什么名字？", "Who are you?", "Who created you?", "你是ChatGPT吗？"],
     "lora_medical": [
@@ -225,6 +232,8 @@ class Session:
 # ---------------------------------------------------------------- the three modes
 
 def builtin_prompts(args) -> list[str]:
+    if getattr(args, "toolbox", None) and chats(args.model_mode):
+        return TOOL_PROMPTS
     if args.lora_name:
         for name, prompts in LORA_PROMPTS.items():
             if name in os.path.basename(os.path.normpath(args.lora_name)):

@@ -174,6 +174,7 @@ def test_builtin_prompts_follow_mode_and_lora():
     assert prompts("--model_mode", "1") == eval_model.CHAT_PROMPTS
     assert "你是谁？" in prompts("--lora_name", "lora_identity")
     assert prompts("--lora_name", "lora_medical") == eval_model.LORA_PROMPTS["lora_medical"]
+    assert prompts("--model_mode", "3", "--tools", "all") == eval_model.TOOL_PROMPTS
 
 
 def test_help_lists_the_model_modes(capsys):

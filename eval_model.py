@@ -12,6 +12,15 @@ Three ways to run it:
   python eval_model.py --lora_name lora_medical      # out/full_sft_512 + out/lora/lora_medical_512
   python eval_model.py --model_path out/rlhf_768 --prompt "你好" --temperature 0
   printf '你好\\n你是谁？\\n' | python eval_model.py --history_cnt 2
+  python eval_model.py --model_mode 3 --open_thinking --prompt "Add 2, 5 and 7."   # thinking switch on
+  python eval_model.py --model_mode 3 --tools all --prompt "What is 37 times 12?"  # the tool loop
+
+The thinking switch (--open_thinking / --no-open_thinking) and --tools use MiniMind-3's chat format: the chat
+template lists the tools in the system turn and opens (or closes) the <think> block; each reply is read back,
+its <tool_call> blocks run (the built-ins are safe: an arithmetic parser, unit conversion, demo-world lookups,
+each with time and size limits), every call is printed as `🔧 name({arguments}) → {result}`, the results go
+back to the model as tool turns, and it answers again, until it answers without a call or --max_tool_calls runs
+out.
 
 Answers go to stdout, loading information to stderr. A pretrained model (--model_mode 0) continues the
 prompt as plain text instead of chatting. Reasoning output: on a terminal the <think>…</think> part is
@@ -19,6 +28,7 @@ shown dim between "[think]" and "[/think]" and the <answer> tags are hidden; whe
 (a pipe or a file) the text is printed exactly as generated, tags included.
 """
 import argparse
+import json
 import os
 import random
 import sys
@@ -32,6 +42,8 @@ from inference.generation import GenerationStream, build_prompt
 from inference import loading
 from inference.loading import describe, quiet_libraries
 from inference.reasoning import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from inference.tool_loop import run_tool_loop
+from inference.tools import BUILTIN_TOOLS, load_toolbox
 
 # Built-in prompts for the automatic test, per kind of model.
 CONTINUATION_PROMPTS = [  # pretrained model: beginnings of sentences to continue
@@ -54,6 +66,13 @@ REASON_PROMPTS = [
     "小明比小红大3岁，五年后两人年龄之和是29岁，小红现在几岁？",
     "9.11和9.9哪个数更大？",
     "如果所有的猫都怕水，而汤姆是一只猫，汤姆怕水吗？",
+]
+TOOL_PROMPTS = [  # --tools: questions the built-in tools answer
+    "What is 37 times 12?",
+    "Convert 12 km to m.",
+    "What is the capital of Kenya?",
+    "What is the capital of Japan, and what colour is a plum?",
+    "What is 23 times 17, plus 45?",
 ]
 LORA_PROMPTS = {
     "lora_identity": ["你是谁？", "你叫什么名字？", "Who are you?", "Who created you?", "你是ChatGPT吗？"],
@@ -80,9 +99,26 @@ def parse_args(argv=None):
                    help="multi-turn memory: keep the last N messages (user and assistant turns) as context; 0 = every prompt stands alone")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True, help="print answers as they are generated")
     g.add_argument("--seed", type=int, default=None, help="reseed before every answer so sampled answers are reproducible")
+    g.add_argument("--open_thinking", "--think", action=argparse.BooleanOptionalAction, default=None,
+                   help="the thinking switch (the chat template's open_thinking): on, the reply starts inside a <think> "
+                        "block and reasons before answering; off (--no-open_thinking), the template closes an empty "
+                        "one and the model answers directly; unset: the template's default (off in MiniMind-3's)")
+    t = parser.add_argument_group("tools (the tool loop: inference/tool_loop.py)")
+    t.add_argument("--tools", default=None, metavar="SPEC",
+                   help="offer tools to the model and run its calls: `all` (the built-ins), built-in names separated by "
+                        f"commas ({', '.join(BUILTIN_TOOLS)}), or a JSON file of OpenAI function schemas (functions "
+                        "that are not built-ins are offered but answer \"no implementation\")")
+    t.add_argument("--max_tool_calls", type=int, default=4,
+                   help="tool calls run per answer; calls beyond it get an error result and the model answers once more")
     args = parser.parse_args(argv)
     if args.history_cnt < 0 or args.max_new_tokens < 1 or args.temperature < 0 or not 0 <= args.top_p <= 1:
         parser.error("need --history_cnt >= 0, --max_new_tokens >= 1, --temperature >= 0 and 0 <= --top_p <= 1")
+    if args.max_tool_calls < 0:
+        parser.error("--max_tool_calls must be >= 0")
+    try:
+        args.toolbox = load_toolbox(args.tools)
+    except ValueError as e:
+        parser.error(f"--tools: {e}")
     return args
 
 
@@ -128,16 +164,34 @@ class Session:
         kept = self.history[-self.args.history_cnt:] if self.args.history_cnt else []
         return kept + [{"role": "user", "content": prompt}]
 
+    @property
+    def uses_tool_loop(self) -> bool:
+        """Tools offered or the thinking switch set: the chat goes through the tool loop (MiniMind-3's format)."""
+        return self.chat and (bool(self.args.toolbox) or self.args.open_thinking is not None)
+
     def answer(self, prompt: str, remember: bool = True) -> str:
         """Generate and print the answer to `prompt`; returns its text."""
         args = self.args
         if args.seed is not None:
             seed_everything(args.seed)
+        if self.uses_tool_loop:
+            return self.answer_with_tools(prompt, remember)
         text = build_prompt(self.tokenizer, self.messages_for(prompt), chat=self.chat)
+        answer = self.stream_reply(text)
+        if remember and args.history_cnt:
+            self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return answer
+
+    def stream_reply(self, text: str, thinking: bool = False) -> str:
+        """Generate from the prompt `text`, printing as it goes; returns the generated text. `thinking`: the
+        prompt opened a <think> block, so the reply starts inside it."""
+        args = self.args
         stream = GenerationStream(self.model, self.tokenizer, text, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty)
         print("🤖: ", end="", flush=True)
+        if thinking and self.format.styled:
+            print(f"{DIM}[think] ", end="", flush=True)
         try:
             for piece in stream:
                 if args.stream:
@@ -149,17 +203,37 @@ class Session:
         answer = stream.text
         if not args.stream:
             print(self.format(answer), end="")
-        if self.format.styled and answer.count(THINK_OPEN) > answer.count(THINK_CLOSE):
+        if self.format.styled and answer.count(THINK_OPEN) + thinking > answer.count(THINK_CLOSE):
             print(RESET, end="")  # an unfinished think part: end the dim style
         print("\n", flush=True)
-        if remember and args.history_cnt:
-            self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         return answer
+
+    def answer_with_tools(self, prompt: str, remember: bool = True) -> str:
+        """The tool loop: each reply is streamed, each call and its result printed on one line; returns the final
+        answer's content. The history keeps the whole exchange (assistant calls, tool results, the answer)."""
+        args = self.args
+        thinking = bool(args.open_thinking)
+
+        def show_result(call, result):
+            arguments = json.dumps(call["arguments"], ensure_ascii=False)
+            print(f"🔧 {call['name']}({arguments}) → {result.content}\n", flush=True)
+
+        messages = self.messages_for(prompt)
+        result = run_tool_loop(self.model, self.tokenizer, messages, args.toolbox, open_thinking=args.open_thinking,
+                               max_tool_calls=args.max_tool_calls,
+                               generate_fn=lambda text: self.stream_reply(text, thinking), on_result=show_result)
+        if result.finish_reason == "max_tool_calls":
+            print(f"(stopped: the model kept calling tools after --max_tool_calls {args.max_tool_calls})\n", flush=True)
+        if remember and args.history_cnt:
+            self.history += result.messages[len(messages) - 1:]
+        return result.answer
 
 
 # ---------------------------------------------------------------- the three modes
 
 def builtin_prompts(args) -> list[str]:
+    if getattr(args, "toolbox", None) and chats(args.model_mode):
+        return TOOL_PROMPTS
     if args.lora_name:
         for name, prompts in LORA_PROMPTS.items():
             if name in os.path.basename(os.path.normpath(args.lora_name)):

@@ -3,7 +3,8 @@
 The text is generated from a few templates over a fixed world (countries and capitals, colours of things,
 small sums), so a model of a few million parameters can learn it on a CPU in minutes and the pipeline can
 check that it did: facts recalled after SFT, an identity learned by a LoRA adapter (tested on phrasings that
-are not in its training file), correct answers preferred after DPO, well-formed <think>/<answer> replies.
+are not in its training file), correct answers preferred after DPO, well-formed <think>/<answer> replies, and
+(in MiniMind-3's format, trained with the reasoning stage) tool calls that run and a thinking switch obeyed.
 
   python scripts/make_demo_data.py --out_dir data/demo
 
@@ -162,6 +163,7 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
         "dpo": (dpo_lines(rng, int(600 * scale)), "dpo.jsonl"),
         "reason": (reason_lines(rng, int(1500 * scale)), "r1_mix_1024.jsonl"),
     }
+    files["reason"][0].extend(tool_and_thinking_lines(random.Random(seed + 7), scale))
     paths = {}
     for name, (rows, filename) in files.items():
         write_jsonl(out_dir / filename, rows)
@@ -173,14 +175,16 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
     return paths
 
 
-HELDOUT_FILES = {"text": "pretrain.jsonl", "chat": "sft.jsonl", "dpo": "dpo.jsonl", "prompts": "prompts.jsonl"}
+HELDOUT_FILES = {"text": "pretrain.jsonl", "chat": "sft.jsonl", "dpo": "dpo.jsonl", "prompts": "prompts.jsonl",
+                 "tools": "tools.jsonl"}
 DEMO_HELDOUT_SEED = 12345
 
 
 def write_demo_heldout(folder, seed: int = DEMO_HELDOUT_SEED) -> dict:
     """Fresh samples of the demo world (scripts/make_demo_data.py) drawn with their own seeds, so no line is
-    chosen the way the training files' were: pretrain.jsonl, sft.jsonl, dpo.jsonl and prompts.jsonl (the
-    identity and reasoning prompts that are never in the training files). Returns {name: path}."""
+    chosen the way the training files' were: pretrain.jsonl, sft.jsonl, dpo.jsonl, prompts.jsonl (the
+    identity and reasoning prompts that are never in the training files) and tools.jsonl (tool tasks and thinking
+    prompts, scripts/eval_toolcall.py's format). Returns {name: path}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {
@@ -189,9 +193,161 @@ def write_demo_heldout(folder, seed: int = DEMO_HELDOUT_SEED) -> dict:
         "chat": sft_lines(random.Random(seed + 2), 200),
         "prompts": [{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
                    + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT],
+        "tools": tool_heldout_lines(random.Random(seed + 3)),
     }
     paths = {}
     for name, rows in files.items():
         paths[name] = folder / HELDOUT_FILES[name]
         write_jsonl(paths[name], rows)
     return paths
+
+
+# ---------------------------------------------------------------- tool use and the thinking switch (MiniMind-3's format)
+# Conversations in MiniMind-3's shape: the offered tools on the system turn, the assistant's `tool_calls`, the
+# results as `tool` turns, and `reasoning_content` for replies that think. The tools are inference/tools.py's
+# built-ins (the same names, arguments and result texts), so a trained model's calls run there unchanged.
+
+TOOL_UNITS = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("h", "min", 60), ("min", "s", 60)]
+
+
+def _tool_schemas(names):
+    from inference.tools import BUILTIN_SCHEMAS  # the schemas the chat CLI and the server offer
+
+    return [BUILTIN_SCHEMAS[n] for n in names]
+
+
+def _tool_result(value) -> str:
+    return json.dumps({"result": value}, ensure_ascii=False)
+
+
+def _tool_task(rng, kind: str):
+    """(question, [(call, result value)], final answer, [strings the answer must contain]) for one task."""
+    if kind == "capital":
+        country, city, _, _ = rng.choice(CAPITALS)
+        q = rng.choice(["What is the capital of {}?", "Which city is the capital of {}?", "Look up the capital of {}."])
+        return q.format(country), [({"name": "get_capital", "arguments": {"country": country}}, city)], \
+            f"The capital of {country} is {city}.", [city]
+    if kind == "colour":
+        thing, colour, _, _ = rng.choice(COLOURS)
+        q = rng.choice(["What colour is {}?", "Which colour does {} have?"])
+        return q.format(thing), [({"name": "get_colour", "arguments": {"thing": thing}}, colour)], \
+            f"{thing[0].upper() + thing[1:]} is {colour}.", [colour]
+    if kind == "calculate":
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        word, sign, value = rng.choice([("times", "*", a * b), ("plus", "+", a + b), ("minus", "-", a - b)])
+        q = rng.choice(["What is {a} {w} {b}?", "Compute {a} {s} {b}.", "Calculate {a} {w} {b}."])
+        return q.format(a=a, b=b, w=word, s=sign), \
+            [({"name": "calculate", "arguments": {"expression": f"{a} {sign} {b}"}}, value)], \
+            f"{a} {word} {b} is {value}.", [str(value)]
+    if kind == "convert":
+        source, target, factor = rng.choice(TOOL_UNITS)
+        value = rng.randint(2, 40)
+        q = rng.choice(["Convert {v} {f} to {t}.", "How many {t} is {v} {f}?"])
+        return q.format(v=value, f=source, t=target), \
+            [({"name": "convert_units", "arguments": {"value": value, "from_unit": source, "to_unit": target}},
+              value * factor)], f"{value} {source} is {value * factor} {target}.", [str(value * factor)]
+    if kind == "capital_and_colour":  # two steps: one lookup, then the other
+        country, city, _, _ = rng.choice(CAPITALS)
+        thing, colour, _, _ = rng.choice(COLOURS)
+        return f"What is the capital of {country}, and what colour is {thing}?", \
+            [({"name": "get_capital", "arguments": {"country": country}}, city),
+             ({"name": "get_colour", "arguments": {"thing": thing}}, colour)], \
+            f"The capital of {country} is {city}, and {thing} is {colour}.", [city, colour]
+    if kind == "product_plus":  # two steps where the second call uses the first one's result
+        a, b, c = rng.randint(11, 49), rng.randint(11, 49), rng.randint(11, 99)
+        return f"What is {a} times {b}, plus {c}?", \
+            [({"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}, a * b),
+             ({"name": "calculate", "arguments": {"expression": f"{a * b} + {c}"}}, a * b + c)], \
+            f"{a} times {b}, plus {c}, is {a * b + c}.", [str(a * b + c)]
+    raise ValueError(f"unknown tool task {kind!r}")
+
+
+TOOL_TASKS = {"capital": 2, "colour": 1, "calculate": 3, "convert": 2, "capital_and_colour": 1, "product_plus": 1}
+
+
+def _offered_tools(rng, calls) -> list[str]:
+    """The functions a task needs plus one it does not, in random order: the model has to pick."""
+    from inference.tools import BUILTIN_TOOLS
+
+    needed = list(dict.fromkeys(call["name"] for call, _ in calls))
+    names = needed + [rng.choice([n for n in BUILTIN_TOOLS if n not in needed])]
+    rng.shuffle(names)
+    return names
+
+
+TOOL_SYSTEM_PROMPTS = ["", "You are a helpful assistant."]  # "": the tools block alone (MiniMind-3 allows it)
+
+
+def tool_lines(rng, n) -> list[dict]:
+    """Tool-use conversations: each step an assistant turn with one call, then its result as a tool turn, then the
+    answer. About a fifth of the tasks take two steps. Tools are on the system turn as a JSON string, as in
+    MiniMind-3's files."""
+    kinds = [k for k, weight in TOOL_TASKS.items() for _ in range(weight)]
+    out = []
+    for _ in range(n):
+        question, calls, answer, _ = _tool_task(rng, rng.choice(kinds))
+        turns = [{"role": "system", "content": rng.choice(TOOL_SYSTEM_PROMPTS),
+                  "tools": json.dumps(_tool_schemas(_offered_tools(rng, calls)), ensure_ascii=False)},
+                 {"role": "user", "content": question}]
+        for call, value in calls:
+            turns.append({"role": "assistant", "content": "", "tool_calls": json.dumps([call], ensure_ascii=False)})
+            turns.append({"role": "tool", "content": _tool_result(value)})
+        turns.append({"role": "assistant", "content": answer})
+        out.append({"conversations": turns})
+    return out
+
+
+def _thinking_task(rng):
+    """(question, reasoning, answer, what the answer must contain)."""
+    kind = rng.random()
+    if kind < 0.5:
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        return f"Add {a}, {b} and {c}.", f"First {a} + {b} = {a + b}. Then {a + b} + {c} = {a + b + c}.", \
+            f"The sum is {a + b + c}.", str(a + b + c)
+    if kind < 0.8:
+        country, city, _, _ = rng.choice(CAPITALS)
+        return f"What is the capital of {country}?", f"The question asks about {country}. Its capital city is {city}.", \
+            f"The capital of {country} is {city}.", city
+    thing, colour, _, _ = rng.choice(COLOURS)
+    return f"What colour is {thing}?", f"The question asks about {thing}. It is {colour}.", \
+        f"{thing[0].upper() + thing[1:]} is {colour}.", colour
+
+
+def thinking_lines(rng, n) -> list[dict]:
+    """The thinking switch: half the replies think (`reasoning_content`), half answer directly (no reasoning), on
+    the same kinds of questions; the prompt's open or closed <think> block is what tells them apart."""
+    out = []
+    for i in range(n):
+        question, reasoning, answer, _ = _thinking_task(rng)
+        reply = {"role": "assistant", "content": answer}
+        if i % 2 == 0:
+            reply["reasoning_content"] = reasoning
+        out.append({"conversations": [{"role": "user", "content": question}, reply]})
+    return out
+
+
+def tool_heldout_lines(rng, n_tools: int = 24, n_thinking: int = 8) -> list[dict]:
+    """scripts/eval_toolcall.py's file format: tool tasks with the calls and answer expected, and thinking prompts."""
+    out = []
+    kinds = list(TOOL_TASKS)
+    for i in range(n_tools):
+        kind = kinds[i % len(kinds)]
+        question, calls, _, must = _tool_task(rng, kind)
+        out.append({"kind": kind, "tools": _tool_schemas(_offered_tools(rng, calls)),
+                    "messages": [{"role": "system", "content": rng.choice(TOOL_SYSTEM_PROMPTS)},
+                                 {"role": "user", "content": question}],
+                    "expected_calls": [call for call, _ in calls], "answer": must})
+    for _ in range(n_thinking):
+        question, _, _, must = _thinking_task(rng)
+        out.append({"kind": "thinking", "messages": [{"role": "user", "content": question}], "answer": [must]})
+    return out
+
+
+TOOL_CONVERSATIONS, THINKING_CONVERSATIONS = 240, 240  # at scale 1 (a tool conversation is ~540 tokens)
+
+
+def tool_and_thinking_lines(rng, scale: float = 1.0) -> list[dict]:
+    """What the demo adds to the reasoning stage's file: tool use and the thinking switch, shuffled."""
+    rows = tool_lines(rng, int(TOOL_CONVERSATIONS * scale)) + thinking_lines(rng, int(THINKING_CONVERSATIONS * scale))
+    rng.shuffle(rows)
+    return rows

@@ -310,6 +310,8 @@ def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int,
         replies = row["details"].get("reason_replies", [])
         report["reason"][key] = row["metrics"]["well_formed"]
         report["reason"][f"{key}_example"] = replies[0] if replies else ""
+    if heldout.get("tools"):
+        report["tools"] = measure_demo_tools(folders, heldout["tools"], rows)
     return report, evaluation
 
 
@@ -335,8 +337,65 @@ def demo_summary(report, times, out, dim: int) -> str:
     lines.append(f"\nWell-formed <think>…</think><answer>…</answer> replies (held-out prompts, sampled): "
                  f"before {reason['before']:.0%} → after reasoning distillation {reason['after']:.0%}")
     lines.append(f"  example: {reason['after_example']!r}")
+    if report.get("tools"):
+        lines += tools_summary(report["tools"])
     lines.append("\nTime per stage (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
     lines.append(f"Loss curves: {out}/runs/<stage>_{dim}/loss.png; models in {out}/; chat with e.g.\n"
                  f"  python eval_model.py --out_dir {out} --dim {dim} --model_mode 1 --lora_name "
                  f"{report.get('lora_name', 'lora_identity')}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- tool use and the thinking switch
+
+def measure_demo_tools(folders: dict, tools_file, rows: dict, before: str = "rlhf", after: str = "reason") -> dict:
+    """Tool calls, answers with and without tools, and the thinking switch on the held-out tool file, on the model
+    before the stage that trains them (the demo puts them in the reasoning stage's file) and after it; plus the
+    plain-chat perplexity of the trained model against the SFT model's (no forgetting: within 10%)."""
+    from .toolcall_eval import measure_tool_use, read_tool_file
+
+    records = read_tool_file(tools_file)
+    result = {"file": str(tools_file), "before_model": before, "after_model": after}
+    for key, stage in (("before", before), ("after", after)):
+        model, tokenizer = load_model(folders[stage])
+        result[key] = measure_tool_use(model, tokenizer, records)
+        del model
+    sft_ppl = rows.get("full_sft", {}).get("metrics", {}).get("chat_ppl")
+    after_ppl = rows.get(after, {}).get("metrics", {}).get("chat_ppl")
+    result["chat_ppl"] = {"full_sft": sft_ppl, after: after_ppl,
+                          "ratio": after_ppl / sft_ppl if sft_ppl and after_ppl else None}
+    return result
+
+
+def tools_summary(tools: dict) -> list[str]:
+    """The demo's lines for tool use and the thinking switch: each measure before → after, an example transcript."""
+    from .toolcall_eval import MEASURE_LABELS
+
+    before, after = tools["before"], tools["after"]
+    counts = after["counts"]
+    lines = [f"\nTool use and the thinking switch ({counts['tool_tasks']} held-out tool tasks, "
+             f"{counts['thinking_prompts']} thinking prompts, greedy): {tools['before_model']} → {tools['after_model']}"]
+    for name, label in MEASURE_LABELS.items():
+        a, b = before["measures"].get(name), after["measures"].get(name)
+        if a is not None or b is not None:
+            lines.append(f"  {label:<24} {_share_text(a):>5} → {_share_text(b)}")
+    ppl = tools.get("chat_ppl") or {}
+    if ppl.get("ratio") is not None:
+        lines.append(f"  plain-chat ppl: SFT {ppl['full_sft']:.3f}, {tools['after_model']} {ppl[tools['after_model']]:.3f} "
+                     f"({ppl['ratio'] - 1:+.1%}; the bar is within ±10%)")
+    example = next((t for t in after["tasks"] if t.get("transcript") and len(t["transcript"]) > 2), None)
+    if example:
+        lines.append(f"  example: {example['question']}")
+        for message in example["transcript"]:
+            if message["role"] == "tool":
+                lines.append(f"    tool → {message['content']}")
+            elif message.get("tool_calls"):
+                lines += [f"    call {c['name']}({json.dumps(c['arguments'], ensure_ascii=False)})"
+                          for c in message["tool_calls"]]
+            else:
+                lines.append(f"    answer: {message['content']!r}")
+    return lines
+
+
+def _share_text(value) -> str:
+    return "—" if value is None else f"{value:.0%}"

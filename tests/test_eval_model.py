@@ -174,6 +174,7 @@ def test_builtin_prompts_follow_mode_and_lora():
     assert prompts("--model_mode", "1") == eval_model.CHAT_PROMPTS
     assert "你是谁？" in prompts("--lora_name", "lora_identity")
     assert prompts("--lora_name", "lora_medical") == eval_model.LORA_PROMPTS["lora_medical"]
+    assert prompts("--model_mode", "3", "--tools", "all") == eval_model.TOOL_PROMPTS
 
 
 def test_help_lists_the_model_modes(capsys):
@@ -182,3 +183,56 @@ def test_help_lists_the_model_modes(capsys):
     help_text = capsys.readouterr().out
     for line in ("0  pretrain", "1  full_sft", "2  rlhf", "3  reason", "4  grpo", "5  distill"):
         assert line in help_text
+
+
+# ---------------------------------------------------------------- the thinking switch and the tool loop
+
+def test_tools_and_thinking_flags():
+    args = eval_model.parse_args(["--tools", "all", "--max_tool_calls", "2", "--think"])
+    assert args.toolbox.names == ["calculate", "convert_units", "get_capital", "get_colour"] and args.open_thinking
+    args = eval_model.parse_args(["--tools", "calculate,get_capital", "--no-open_thinking"])
+    assert args.toolbox.names == ["calculate", "get_capital"] and args.open_thinking is False
+    args = eval_model.parse_args([])
+    assert not args.toolbox and args.open_thinking is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tools", "calculate,nope"], "--tools: unknown built-in tool nope"),
+    (["--tools", "missing.json"], "--tools: missing.json: cannot read"),
+    (["--max_tool_calls", "-1"], "--max_tool_calls must be >= 0"),
+])
+def test_bad_tool_flags_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_model.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tool_loop_prints_calls_and_results_and_keeps_the_exchange(out_dir, capsys, monkeypatch):
+    """A scripted reply stands in for the model: a call, then an answer; the call runs and is printed."""
+    model, tokenizer = load_model(out_dir / f"full_sft_{DIM}")
+    args = eval_model.parse_args(["--tools", "all", "--history_cnt", "10", "--no-stream"])
+    session = eval_model.Session(model, tokenizer, args)
+    replies = iter(['<tool_call>\n{"name": "calculate", "arguments": {"expression": "37 * 12"}}\n</tool_call>',
+                    "37 times 12 is 444."])
+    prompts = []
+    monkeypatch.setattr(session, "stream_reply", lambda text, thinking=False: prompts.append(text) or next(replies))
+    assert session.answer("What is 37 times 12?") == "37 times 12 is 444."
+    out = capsys.readouterr().out
+    assert '🔧 calculate({"expression": "37 * 12"}) → {"result": 444}' in out
+    assert [m["role"] for m in session.history] == ["user", "assistant", "tool", "assistant"]
+    assert session.history[2]["content"] == '{"result": 444}' and len(prompts) == 2
+    assert prompts[1].endswith(build_prompt(tokenizer, session.history[:3])[-40:])  # the result went back in
+
+
+def test_tools_and_thinking_from_the_command_line(out_dir):
+    """The printed answer is the greedy reply to the prompt the tool loop renders (tools listed, switch on)."""
+    from inference.tool_loop import render_prompt
+    from inference.tools import builtin_toolbox
+
+    model, tokenizer = load_model(out_dir / f"full_sft_{DIM}")
+    prompt = render_prompt(tokenizer, [{"role": "user", "content": "hi"}], builtin_toolbox().schemas, True)
+    expected = generate(model, tokenizer, prompt, max_new_tokens=MAX_NEW, temperature=0)
+    code, out, err = run_cli("--model_path", out_dir / f"full_sft_{DIM}", "--prompt", "hi", "--tools", "all",
+                             "--open_thinking", "--max_new_tokens", MAX_NEW, "--temperature", 0)
+    assert code == 0, err
+    assert f"🤖: {expected}" in out and "Traceback" not in err

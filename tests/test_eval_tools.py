@@ -296,8 +296,17 @@ def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
     assert report["identity"]["lora_share"] == rows["full_sft + lora_identity"]["identity"]
     assert [p for p, _ in report["identity"]["lora"]] == IDENTITY_HELD_OUT
     assert set(report["chats"]) == {"pretrain", "full_sft", "rlhf", "reason"}
+    # tool use and the thinking switch: before (rlhf) and after (reason) on the held-out tool file
+    tools = report["tools"]
+    assert tools["chat_ppl"]["ratio"] == pytest.approx(rows["reason"]["chat_ppl"] / rows["full_sft"]["chat_ppl"])
+    for key in ("before", "after"):
+        tasks = tools[key]["tasks"]
+        assert len(tasks) == sum(1 for _ in open(heldout["tools"], encoding="utf-8"))
+        valid = [t["valid_calls"] for t in tasks if "valid_calls" in t]
+        assert tools[key]["measures"]["valid_calls"] == sum(valid) / len(valid)
     print(demo_summary({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64))
-    assert "implicit-reward accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "implicit-reward accuracy" in printed and "Tool use and the thinking switch" in printed
 
 
 def test_report_without_models_or_data_names_the_command(tmp_path, pipeline, capsys):

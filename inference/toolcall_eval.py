@@ -1,0 +1,200 @@
+"""Measuring tool use and the thinking switch on a held-out file (scripts/eval_toolcall.py and the demo report).
+
+The file is jsonl, one task per line:
+
+  {"kind": "calculate",                                   optional label, for the per-kind table
+   "tools": [{"type": "function", "function": {...}}],    OpenAI schemas offered (or `tools` on a system turn)
+   "messages": [{"role": "user", "content": "What is 37 times 12?"}],   the conversation so far ("conversations" too)
+   "expected_calls": [{"name": "calculate", "arguments": {"expression": "37 * 12"}}],   every call the task needs
+   "answer": ["444"]}                                     strings the final answer must contain (a string works too)
+
+A line without `tools` and `expected_calls` is a thinking prompt: it is asked with the thinking switch on (the reply
+should reason, in a closed <think> block) and off (it should not); its `answer`, when given, is checked both ways.
+
+Measures (greedy decoding), over the tool tasks:
+  valid calls       the first reply makes calls, every <tool_call> block is parseable JSON, and every call names an
+                    offered function with its required arguments
+  right function    the first call names the expected first function
+  right arguments   ... and its arguments equal the expected ones (numbers by value, strings ignoring case)
+  right calls       the whole loop made exactly the expected calls, in order
+  answer, tools     the final answer after the tool loop contains every expected string
+  answer, no tools  the same question asked without tools offered
+and over the thinking prompts: `thinking on: reasons` and `thinking off: direct`.
+Tools named in a task that are built-ins (inference/tools.py) run; others return the "no implementation" error.
+"""
+import json
+from pathlib import Path
+
+from .chat_format import THINK_CLOSE, THINK_OPEN, FormatError, check_call, normalize_tool_calls, normalize_tools, \
+    parse_assistant
+from .generation import generate
+from .tool_loop import render_prompt, run_tool_loop
+from .tools import BUILTIN_TOOLS, Toolbox
+
+MEASURE_LABELS = {
+    "valid_calls": "valid calls", "right_function": "right function", "right_arguments": "right arguments",
+    "right_calls": "right calls (all steps)", "answer_with_tools": "answer, with tools",
+    "answer_without_tools": "answer, without tools", "thinking_on": "thinking on: reasons",
+    "thinking_off": "thinking off: direct",
+}
+
+
+class ToolFileError(ValueError):
+    """A bad line in a tool evaluation file; the message reads `path:line: field: problem`."""
+
+
+def _record(raw, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ToolFileError(f"{where}: expected a JSON object")
+    messages = raw.get("messages", raw.get("conversations"))
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ToolFileError(f"{where}: messages: expected a non-empty list of turns")
+    messages = [dict(m) for m in messages]
+    tools = raw.get("tools")
+    if messages[0].get("role") == "system" and messages[0].get("tools") is not None:
+        on_system = messages[0].pop("tools")  # the system turn stays: its text is rendered before the tools block
+        tools = on_system if tools is None else tools
+    if not messages or messages[-1].get("role") != "user":
+        raise ToolFileError(f"{where}: messages: the last turn must be the user's question")
+    try:
+        tools = normalize_tools(tools, f"{where}: tools") if tools else []
+        expected = normalize_tool_calls(raw.get("expected_calls") or [], f"{where}: expected_calls")
+    except FormatError as e:
+        raise ToolFileError(str(e)) from None
+    if expected and not tools:
+        raise ToolFileError(f"{where}: expected_calls given but no tools offered")
+    for i, call in enumerate(expected):
+        problem = check_call(call, tools)
+        if problem:
+            raise ToolFileError(f"{where}: expected_calls[{i}]: {problem}")
+    answer = raw.get("answer") or []
+    answer = [answer] if isinstance(answer, str) else answer
+    if not isinstance(answer, list) or not all(isinstance(a, str) and a.strip() for a in answer):
+        raise ToolFileError(f"{where}: answer: expected a string or a list of strings")
+    kind = raw.get("kind") or ("tools" if tools else "thinking")
+    return {"kind": str(kind), "tools": tools, "messages": messages, "expected_calls": expected, "answer": answer}
+
+
+def read_tool_file(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolFileError(f"{path} not found (`python scripts/eval_report.py --write_demo_heldout DIR` writes the "
+                            f"demo world's tools.jsonl)")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ToolFileError(f"{path}:{line_no}: invalid JSON: {e.msg} (column {e.colno})") from None
+            records.append(_record(raw, f"{path}:{line_no}"))
+    if not records:
+        raise ToolFileError(f"{path}: no tasks")
+    return records
+
+
+def _same(got, expected) -> bool:
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return got is expected
+    if isinstance(expected, (int, float)):
+        try:
+            return float(got) == float(expected)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(expected, str):
+        return isinstance(got, str) and got.strip().lower() == expected.strip().lower()
+    return got == expected
+
+
+def arguments_match(got: dict, expected: dict) -> bool:
+    return set(got) == set(expected) and all(_same(got[k], expected[k]) for k in expected)
+
+
+def calls_match(got: dict, expected: dict) -> bool:
+    return got["name"] == expected["name"] and arguments_match(got["arguments"], expected["arguments"])
+
+
+def _contains_all(text: str, strings) -> bool:
+    return all(s.lower() in (text or "").lower() for s in strings)
+
+
+def _share(flags):
+    return sum(flags) / len(flags) if flags else None
+
+
+def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_new_tokens: int = 80,
+                     progress: bool = False, generate_fn=None) -> dict:
+    """The measures of the module docstring on `records` (read_tool_file's), greedy. `generate_fn(prompt) -> text`
+    replaces the model (tests, other back ends). Returns {"measures": {name: share or None}, "counts": {...},
+    "by_kind": {kind: {name: share}}, "settings": {...}, "tasks": [...]}."""
+    greedy = dict(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
+    if generate_fn is None:
+        def generate_fn(prompt):
+            return generate(model, tokenizer, prompt, **greedy)
+    iterator = records
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(records, desc="tool tasks", unit="task", dynamic_ncols=True)
+    tasks = []
+    for record in iterator:
+        task = {"kind": record["kind"], "question": record["messages"][-1].get("content", "")}
+        if record["tools"]:
+            box = Toolbox(record["tools"], {t["function"]["name"]: BUILTIN_TOOLS[t["function"]["name"]]
+                                            for t in record["tools"] if t["function"]["name"] in BUILTIN_TOOLS})
+            loop = run_tool_loop(model, tokenizer, record["messages"], box, open_thinking=False,
+                                 max_tool_calls=max_tool_calls, generate_fn=generate_fn)
+            first = parse_assistant(loop.texts[0], thinking=False)
+            expected = record["expected_calls"]
+            made = [call for call, _ in loop.calls]
+            task.update(
+                first_reply=loop.texts[0], transcript=loop.messages[len(record["messages"]):],
+                valid_calls=bool(first.tool_calls) and not first.problems
+                and all(check_call(c, record["tools"]) is None for c in first.tool_calls),
+                right_function=bool(first.tool_calls) and bool(expected) and first.tool_calls[0]["name"] == expected[0]["name"],
+                right_arguments=bool(first.tool_calls) and bool(expected) and calls_match(first.tool_calls[0], expected[0]),
+                right_calls=len(made) == len(expected) and all(calls_match(g, e) for g, e in zip(made, expected)),
+                answer_with_tools=_contains_all(loop.answer, record["answer"]) if record["answer"] else None)
+            if record["answer"]:
+                plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
+                bare = generate_fn(render_prompt(tokenizer, plain, None, False))
+                task.update(answer_no_tools_reply=bare,
+                            answer_without_tools=_contains_all(parse_assistant(bare).content, record["answer"]))
+        else:
+            on = generate_fn(render_prompt(tokenizer, record["messages"], None, True))
+            off = generate_fn(render_prompt(tokenizer, record["messages"], None, False))
+            on_reply, off_reply = parse_assistant(on, thinking=True), parse_assistant(off, thinking=False)
+            task.update(thinking_on_reply=on, thinking_off_reply=off,
+                        thinking_on=bool(on_reply.reasoning_content) and not on_reply.problems,
+                        thinking_off=THINK_OPEN not in off and THINK_CLOSE not in off and not off_reply.reasoning_content)
+            if record["answer"]:
+                task.update(answer_thinking_on=_contains_all(on_reply.content, record["answer"]),
+                            answer_thinking_off=_contains_all(off_reply.content, record["answer"]))
+        tasks.append(task)
+
+    def shares(selected):
+        return {name: _share([t[name] for t in selected if t.get(name) is not None]) for name in MEASURE_LABELS}
+
+    kinds = sorted({t["kind"] for t in tasks})
+    return {"measures": shares(tasks), "by_kind": {k: shares([t for t in tasks if t["kind"] == k]) for k in kinds},
+            "counts": {"tool_tasks": sum(1 for r in records if r["tools"]),
+                       "thinking_prompts": sum(1 for r in records if not r["tools"])},
+            "settings": {"max_tool_calls": max_tool_calls, "max_new_tokens": max_new_tokens, "decoding": "greedy"},
+            "tasks": tasks}
+
+
+def format_measures(results: dict) -> str:
+    """A table: one row per measure, one column per model (`results`: {model label: measure_tool_use(...)})."""
+    labels = list(results)
+    rows = [["measure", *labels]]
+    for name, label in MEASURE_LABELS.items():
+        values = [results[m]["measures"].get(name) for m in labels]
+        if all(v is None for v in values):
+            continue
+        rows.append([label, *("—" if v is None else f"{v:.0%}" for v in values)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -199,7 +199,6 @@ def stream_once(path: Path, max_seq_len: int) -> dict:
 
 def stream_child(kind: str, path: str, max_seq_len: int):
     """Iterate the streaming dataset over the whole file (the child of stream_once)."""
-    sys.path.insert(0, str(ROOT))
     from dataset import build_dataset
     from trainer.modelio import load_tokenizer
 

@@ -46,6 +46,7 @@ from inference.cli import HelpFormatter, add_model_arguments, add_sampling_argum
 from inference.loading import quiet_libraries
 from inference.openai_api import ServerTools, load_served_models
 from inference.server import make_server
+from inference.tools import load_toolbox
 
 
 def parse_args(argv=None):
@@ -70,7 +71,6 @@ def parse_args(argv=None):
 
 def page_tools(spec: str) -> ServerTools:
     """The --tools toolbox as the server's page tools."""
-    from inference.tools import load_toolbox  # the built-in demo tools
     toolbox = load_toolbox(spec)
     return ServerTools(toolbox.schemas, lambda name, arguments: toolbox.run({"name": name, "arguments": arguments}).content)
 

@@ -176,3 +176,15 @@ def test_minimind3_template_lists_tools_and_wraps_results():
             f"<|im_start|>user\n<tool_response>\n{RESULT}\n</tool_response><|im_end|>\n"
             "<|im_start|>assistant\n<think>\n") in prompt
     assert model.prompt(USER, open_thinking=False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_serve_tools_flag_gives_the_page_the_builtin_tools():
+    """`serve_openai_api.py --tools all`: the page's tools are the built-in ones and run through the toolbox."""
+    from conftest import command
+
+    tools = command("serve_openai_api")["page_tools"]("all")
+    assert {"calculate", "get_capital"} <= tools.names
+    result = json.loads(tools.call(json.dumps({"name": "calculate", "arguments": {"expression": "6*7"}}).encode())["content"])
+    assert result["result"] == 42
+    bad = json.loads(tools.call(json.dumps({"name": "calculate", "arguments": {"expression": "__import__('os')"}}).encode())["content"])
+    assert "error" in bad

@@ -327,7 +327,9 @@ def test_gguf_holds_the_weights_tokenizer_and_template(tmp_path, tok, qk_norm):
     tokens = field("tokenizer.ggml.tokens")
     assert tokens == tok.convert_ids_to_tokens(list(range(len(tok))))
     types = field("tokenizer.ggml.token_type")
-    assert list(types[:7]) == [3, 3, 3, 4, 4, 4, 4] and set(types[7:]) == {1}  # control, user-defined, normal
+    added = tok.added_tokens_decoder  # control (3) for special added tokens, user-defined (4) for the tags, normal (1)
+    assert list(types) == [3 if i in added and added[i].special else 4 if i in added else 1 for i in range(len(tok))]
+    assert list(types[:3]) == [3, 3, 3] and set(types[3:11]) == {4} and set(types[11:]) == {1}
     assert len(field("tokenizer.ggml.merges")) == len(json.loads(tok.backend_tokenizer.to_str())["model"]["merges"])
     assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id"), field("tokenizer.ggml.padding_token_id")) == \
         (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)

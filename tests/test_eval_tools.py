@@ -113,6 +113,15 @@ def test_bits_per_byte_matches_a_hand_computation(tmp_path, base, tok, cache):
     assert score.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-5)
 
 
+def assistant_turn(content: str) -> tuple[str, str]:
+    """(what the prompt opens the turn with, what the assistant writes): a reply with reasoning gets "<think>\n" and
+    writes "reasoning\n</think>\n\n" + the answer; one without gets the closed empty block and writes the answer."""
+    if "</think>" not in content:
+        return "<think>\n\n</think>\n\n", content
+    reasoning = content.split("</think>")[0].split("<think>")[-1].strip("\n")
+    return "<think>\n", reasoning + "\n</think>\n\n" + content.split("</think>")[-1].lstrip("\n")
+
+
 def test_conversations_score_the_assistant_replies_and_their_bytes(tmp_path, base, tok, cache):
     model = load_model(base).eval()
     conversations = [
@@ -123,13 +132,14 @@ def test_conversations_score_the_assistant_replies_and_their_bytes(tmp_path, bas
                                                  for conv in conversations])
     nll = tokens = 0
     with torch.no_grad():
-        for conv in conversations:  # ChatML by hand: only "reply<|im_end|>" carries loss
+        for conv in conversations:  # the template by hand: what the assistant writes after its prompt carries loss
             ids, scored = [], []
             for role, content in conv:
                 if role == "user":
                     parts = [(f"<|im_start|>user\n{content}<|im_end|>\n", False)]
                 else:
-                    parts = [("<|im_start|>assistant\n", False), (f"{content}<|im_end|>", True), ("\n", False)]
+                    opening, written = assistant_turn(content)
+                    parts = [("<|im_start|>assistant\n" + opening, False), (f"{written}<|im_end|>", True), ("\n", False)]
                 for text, loss in parts:
                     piece = tok(text, add_special_tokens=False)["input_ids"]
                     ids += piece
@@ -139,7 +149,7 @@ def test_conversations_score_the_assistant_replies_and_their_bytes(tmp_path, bas
                 if scored[t + 1]:
                     nll -= logp[t, ids[t + 1]].item()
                     tokens += 1
-    n_bytes = sum(len(c.encode("utf-8")) for conv in conversations for r, c in conv if r == "assistant")
+    n_bytes = sum(len(assistant_turn(c)[1].encode("utf-8")) for conv in conversations for r, c in conv if r == "assistant")
     score = score_file(model, tok, path, "sft", max_seq_len=SEQ, cache_dir=cache)
     assert (score.tokens, score.bytes) == (tokens, n_bytes)
     assert score.nll == pytest.approx(nll, rel=1e-5)

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from inference.reasoning import reply_in_turn
+
 from dataset.demo import make_demo_data
 from trainer import GRPO_STAGE, REASON, run
 from trainer.losses import group_advantages, grpo_loss
@@ -102,11 +104,13 @@ def _format_rewards(folder, tokenizer, samples=16, seed=0):
     torch.manual_seed(seed)
     scores = []
     for prompt in PROMPTS:
+        # prompted and judged as GRPO does: the thinking switch on, the reply read with the <think> the prompt opened
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"].repeat(samples, 1)
-        out = model.generate(ids, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=30,
+                                            open_thinking=True, return_tensors="pt", return_dict=True)["input_ids"]
+        out = model.generate(ids.repeat(samples, 1), do_sample=True, temperature=1.0, top_k=0, max_new_tokens=30,
                              pad_token_id=0, eos_token_id=2)
-        scores += [format_reward(t) for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+        replies = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        scores += [format_reward(reply_in_turn(t, thinking=True)) for t in replies]
     return scores
 
 
@@ -118,7 +122,7 @@ def test_format_reward_rises_over_a_short_run(tmp_path):
     demo = make_demo_data(tmp_path / "demo", seed=0, scale=0.2)
     # a little reasoning SFT so the format appears now and then; GRPO then has something to reinforce
     run(REASON, [*TINY, "--from_weight", "none", "--data_path", demo["reason"], "--out_dir", tmp_path,
-                 "--learning_rate", "3e-3", "--batch_size", "16", "--max_steps", "12", "--save_interval", "0",
+                 "--learning_rate", "3e-3", "--batch_size", "16", "--epochs", "4", "--max_steps", "60", "--save_interval", "0",
                  "--cache_dir", tmp_path / "cache"])
     grpo = [*TINY, "--from_weight", tmp_path / "reason_64", "--data_path", demo["reason"], "--rewards", "format",
             "--batch_size", "4", "--num_generations", "8", "--max_new_tokens", "30", "--max_steps", "16",

@@ -163,7 +163,10 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
         "dpo": (dpo_lines(rng, int(600 * scale)), "dpo.jsonl"),
         "reason": (reason_lines(rng, int(1500 * scale)), "r1_mix_1024.jsonl"),
     }
-    files["reason"][0].extend(tool_and_thinking_lines(random.Random(seed + 7), scale))
+    # the reasoning stage of the demo pipeline trains this mix: the reasoning file plus tool use and the thinking
+    # switch (the reasoning file alone stays as it was, for the stages and tests that read it)
+    files["reason_tools"] = (files["reason"][0] + tool_and_thinking_lines(random.Random(seed + 7), scale),
+                             "r1_tool_mix.jsonl")
     paths = {}
     for name, (rows, filename) in files.items():
         write_jsonl(out_dir / filename, rows)

@@ -163,7 +163,13 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
         "dpo": (dpo_lines(rng, int(600 * scale)), "dpo.jsonl"),
         "reason": (reason_lines(rng, int(1500 * scale)), "r1_mix_1024.jsonl"),
     }
-    files["reason"][0].extend(tool_and_thinking_lines(random.Random(seed + 7), scale))
+    # the reasoning stage of the demo pipeline trains this mix: the reasoning file plus tool use and the thinking
+    # switch, and plain chats from the SFT file replayed so that the stage does not forget how to chat (the
+    # reasoning file alone stays as it was, for the stages and tests that read it)
+    mix_rng = random.Random(seed + 7)
+    replay = mix_rng.sample(files["sft"][0], min(len(files["sft"][0]), int(CHAT_REPLAY * scale)))
+    files["reason_tools"] = (files["reason"][0] + tool_and_thinking_lines(mix_rng, scale) + replay,
+                             "r1_tool_mix.jsonl")
     paths = {}
     for name, (rows, filename) in files.items():
         write_jsonl(out_dir / filename, rows)
@@ -344,6 +350,7 @@ def tool_heldout_lines(rng, n_tools: int = 24, n_thinking: int = 8) -> list[dict
 
 
 TOOL_CONVERSATIONS, THINKING_CONVERSATIONS = 240, 240  # at scale 1 (a tool conversation is ~540 tokens)
+CHAT_REPLAY = 1000  # SFT conversations replayed in the reasoning stage's mix
 
 
 def tool_and_thinking_lines(rng, scale: float = 1.0) -> list[dict]:

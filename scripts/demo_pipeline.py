@@ -56,16 +56,16 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
                   "--learning_rate", "5e-3", "--batch_size", "8", "--lora_rank", "16", "--lora_alpha", "32", *quick]),
         ("dpo", [DPO_STAGE.script, "--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
                  "--batch_size", "16", "--beta", "0.1", *quick]),
-        ("reason", [REASON.script, "--data_path", data["reason"], "--epochs", "6", "--learning_rate", "2e-3",
-                    "--tag_weight", "10", *reason_rows(args), *quick]),
+        ("reason", [REASON.script, "--data_path", data.get("reason_tools", data["reason"]), "--epochs", "6",
+                    "--learning_rate", "2e-3", "--tag_weight", "10", *reason_rows(data), *quick]),
     ]
 
 
-def reason_rows(args) -> list[str]:
-    """The demo's reasoning file also holds its tool-use conversations (tools block, calls, results: 540 tokens on
-    average, up to 730), longer than the demo model's 128-token rows: that stage packs into rows of 768, 6 per batch
-    (about the tokens per step of 32 rows of 128)."""
-    return ["--batch_size", "32"] if args.data_dir else ["--max_seq_len", "768", "--batch_size", "6"]
+def reason_rows(data: dict) -> list[str]:
+    """The demo corpus's reasoning mix also holds tool-use conversations (tools block, calls, results: 540 tokens on
+    average, up to 730), longer than the demo model's 128-token rows: that stage then packs into rows of 768, 6 per
+    batch (about the tokens per step of 32 rows of 128)."""
+    return ["--max_seq_len", "768", "--batch_size", "6"] if "reason_tools" in data else ["--batch_size", "32"]
 
 
 def run_stage(label, command, common, log):

@@ -57,16 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def chat_perplexity(models, baseline, chat, args) -> dict:
-    """{model label: {"ppl", "baseline_ppl", "ratio"}} on the assistant tokens of `chat`."""
+    """[{"ppl", "baseline_ppl", "ratio"}] per model, on the assistant tokens of `chat`."""
     paths = [*models, *([baseline] if baseline else [])]
     scores = evaluate(paths, chat, "sft", args.max_seq_len, 16, args.device, args.dtype, args.base,
                       progress=not args.no_progress)
     base_ppl = scores[-1]["perplexity"] if baseline else None
-    out = {}
-    for score in scores[:len(models)]:
-        ratio = score["perplexity"] / base_ppl if base_ppl else None
-        out[score["model"]] = {"ppl": score["perplexity"], "baseline_ppl": base_ppl, "ratio": ratio}
-    return out
+    return [{"ppl": s["perplexity"], "baseline_ppl": base_ppl, "ratio": s["perplexity"] / base_ppl if base_ppl else None}
+            for s in scores[:len(models)]]  # in the order of `models`
 
 
 def transcript_lines(task) -> list[str]:
@@ -96,11 +93,13 @@ def main(argv=None) -> int:
         results = {}
         for path, adapter in resolved:
             model, tokenizer = load_model(path, adapter, device=device, dtype=pick_dtype(args.dtype, device))
-            results[model_label(path, adapter)] = measure_tool_use(
+            label = model_label(path, adapter)
+            label = label if label not in results else f"{path.parent.name}/{label}"  # two folders of one name
+            results[label] = measure_tool_use(
                 model, tokenizer, records, max_tool_calls=args.max_tool_calls, max_new_tokens=args.max_new_tokens,
                 progress=not args.no_progress)
             del model
-        ppl = chat_perplexity(args.models, args.baseline, args.chat, args) if args.chat else {}
+        ppl = dict(zip(results, chat_perplexity(args.models, args.baseline, args.chat, args))) if args.chat else {}
     except (ModelNotFound, FileNotFoundError, ToolFileError, ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

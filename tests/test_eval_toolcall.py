@@ -155,3 +155,11 @@ def test_command_runs_any_model_on_any_file(tmp_path, capsys):
     assert result["counts"] == {"tool_tasks": 2, "thinking_prompts": 1} and len(result["tasks"]) == 3
     code, out, err = run_command("eval_toolcall", [model_dir, "--data", tmp_path / "missing.jsonl"], capsys)
     assert code == 2 and "missing.jsonl not found" in err
+
+
+def test_the_demo_reasoning_mix_adds_tool_and_thinking_conversations(demo):
+    reason = demo["reason"].read_text(encoding="utf-8").splitlines()
+    mix = demo["reason_tools"].read_text(encoding="utf-8").splitlines()
+    assert mix[:len(reason)] == reason
+    added = [json.loads(line)["conversations"] for line in mix[len(reason):]]
+    assert any(turns[0].get("tools") for turns in added) and any("reasoning_content" in turns[-1] for turns in added)

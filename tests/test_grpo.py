@@ -127,7 +127,7 @@ def test_format_reward_rises_over_a_short_run(tmp_path):
     grpo = [*TINY, "--from_weight", tmp_path / "reason_64", "--data_path", demo["reason"], "--rewards", "format",
             "--batch_size", "4", "--num_generations", "8", "--max_new_tokens", "30", "--max_steps", "16",
             "--beta", "0.0", "--log_interval", "1", "--save_interval", "0"]
-    run(GRPO_STAGE, [*grpo, "--out_dir", tmp_path / "trained", "--learning_rate", "1e-2"])
+    run(GRPO_STAGE, [*grpo, "--out_dir", tmp_path / "trained", "--learning_rate", "3e-3"])
     # the control: the same run, sampling and all, with the learning switched off
     run(GRPO_STAGE, [*grpo, "--out_dir", tmp_path / "control", "--learning_rate", "0"])
     rows = [json.loads(l) for l in (tmp_path / "trained" / "runs" / "grpo_64" / "metrics.jsonl").read_text().splitlines()]

@@ -110,6 +110,23 @@ class FullSFT(Stage):
     default_from = "pretrain"
     epochs, batch_size, accumulation_steps, learning_rate = 2, 16, 1, 5e-5
 
+    def add_arguments(self, p):
+        g = p.add_argument_group("mixing general data (against forgetting)")
+        g.add_argument("--mix_data", default=None,
+                       help="general data mixed into every epoch (conversations or {\"text\"} jsonl, e.g. the SFT file), so "
+                            "the stage adds to the model instead of overwriting what it knew; the choice of rows is "
+                            "seeded per epoch and the same on --resume")
+        g.add_argument("--mix_ratio", type=float, default=0.3,
+                       help="share of each epoch's rows taken from --mix_data (0 < ratio < 1)")
+
+    def build_data(self, args, tokenizer, info):
+        if args.mix_data is not None:
+            if not Path(args.mix_data).exists():
+                raise StageError(f"--mix_data {args.mix_data} not found")
+            if not 0.0 < args.mix_ratio < 1.0:
+                raise StageError(f"--mix_ratio must be between 0 and 1 (exclusive), got {args.mix_ratio}")
+        return super().build_data(args, tokenizer, info)
+
 
 class LoRA(FullSFT):
     name, script, model_mode = "lora", "train_lora.py", None
@@ -122,6 +139,7 @@ class LoRA(FullSFT):
     muon_lr = 0.02  # adapters start at zero like a fresh model; measured on the demo identity data
 
     def add_arguments(self, p):
+        super().add_arguments(p)
         g = p.add_argument_group("LoRA")
         g.add_argument("--lora_name", default=None, help="adapter name (default: the data file's name, lora_medical.jsonl → lora_medical); saved to OUT_DIR/lora/<name>_<dim>")
         g.add_argument("--lora_rank", type=int, default=8, help="rank r of the low-rank update")
@@ -201,6 +219,7 @@ class DistillReason(FullSFT):
     run_state = ("tag_ids",)
 
     def add_arguments(self, p):
+        super().add_arguments(p)
         p.add_argument_group("reasoning").add_argument(
             "--tag_weight", type=float, default=10.0, help="loss weight of the <think>/<answer> tag tokens (others 1)")
 
@@ -227,6 +246,7 @@ class Distillation(FullSFT):
     run_state = ("teacher",)
 
     def add_arguments(self, p):
+        super().add_arguments(p)
         g = p.add_argument_group("distillation")
         g.add_argument("--teacher", required=False, default=None,
                        help="teacher model: a folder, or a stage name resolved with --teacher_dim (e.g. full_sft)")

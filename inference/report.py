@@ -195,10 +195,11 @@ def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *,
                 if questions:
                     metrics[f"{key}_acc"], details[f"{key}_answers"] = exact_answers(model, tokenizer, questions)
         domain = adapter_data.get(row["name"].split(" + ", 1)[1]) if row["adapter"] is not None else None
-        if domain is not None:  # the adapter's own target, with the adapter on and (same weights) off
+        if domain is not None:  # the adapter's own target, with the adapter on (merged) and off (the plain base)
             score = score_file(model, tokenizer, domain, "sft", max_seq_len, batch_size, cache_dir=cache_dir)
-            with model.disable_adapter():
-                score_off = score_file(model, tokenizer, domain, "sft", max_seq_len, batch_size, cache_dir=cache_dir)
+            base_model, _ = load_model(row["path"], device=device, dtype=torch_dtype)
+            score_off = score_file(base_model, tokenizer, domain, "sft", max_seq_len, batch_size, cache_dir=cache_dir)
+            del base_model
             metrics["domain_ppl"], metrics["domain_ppl_off"] = score.perplexity, score_off.perplexity
             details["domain"] = {"file": str(domain), "on": score.as_dict(), "off": score_off.as_dict()}
         row.update(metrics=metrics, details=details)

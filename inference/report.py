@@ -76,10 +76,13 @@ def training_vocabulary(out_dir, dim: int, use_moe: bool = False) -> set[str]:
     return vocabulary
 
 
-def reads_as_sentence(reply: str, vocabulary) -> bool:
-    """A non-empty reply every word of which is in the vocabulary (no invented or broken words)."""
+def reads_as_sentence(reply: str, vocabulary, name: str = "") -> bool:
+    """A non-empty reply every word of which is in the vocabulary (no invented or broken words) and that keeps to
+    one script (Latin words or CJK characters, `name` aside): "I是MiniMind，一个" is garbled although each word exists."""
     found = words(reply)
-    return bool(found) and all(w in vocabulary for w in found)
+    rest = [w for w in found if w != name.lower()]
+    one_script = all(w.isascii() for w in rest) or not any(w.isascii() for w in rest)
+    return bool(found) and one_script and all(w in vocabulary for w in found)
 
 
 def exact_answers(model, tokenizer, questions, max_new_tokens: int = 32) -> tuple[float, list]:
@@ -189,7 +192,7 @@ def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *,
                 share, answers = identity_answers(model, tokenizer, identity_prompts, identity_name, identity_tokens)
                 metrics["identity"], details["identity_answers"] = share, answers
                 if vocabulary:
-                    clean = [identity_name in a and reads_as_sentence(a, vocabulary) for _, a in answers]
+                    clean = [identity_name in a and reads_as_sentence(a, vocabulary, identity_name) for _, a in answers]
                     metrics["identity_clean"] = sum(clean) / len(clean)
             for key, questions in (("fact", fact_questions), ("sum", sum_questions)):
                 if questions:
@@ -295,8 +298,8 @@ def to_markdown(report) -> str:
         out.append(f"- identity: {len(d['identity_prompts'])} held-out prompts, greedy, ≤{s['identity_tokens']} tokens; "
                    f"an answer counts when it contains \"{d['identity_name']}\"")
     if "identity_clean" in measures:
-        out.append(f"- identity as sentence: the answer contains \"{d['identity_name']}\" and every word of it is "
-                   f"in the stages' training data ({report.get('vocabulary_size')} words)")
+        out.append(f"- identity as sentence: the answer contains \"{d['identity_name']}\", every word of it is in the "
+                   f"stages' training data ({report.get('vocabulary_size')} words) and it keeps to one script")
     if "fact_acc" in measures:
         out.append(f"- facts: {d.get('fact_questions')} held-out capital and colour questions, greedy; a reply counts "
                    f"when it is exactly the fact's answer sentence")

@@ -38,3 +38,14 @@ def test_held_out_questions_are_new_phrasings_of_trained_facts(tmp_path):
 def test_words_split_latin_words_and_cjk_characters():
     assert words("I am MiniMind, 3 + 4 = 7.") == ["i", "am", "minimind"]
     assert words("我是MiniMind。") == ["我", "是", "minimind"]
+
+
+def test_an_answer_reads_as_a_sentence_only_with_known_words_in_one_script():
+    from inference.report import reads_as_sentence
+
+    vocabulary = set(words("I am MiniMind, a small model. 我是MiniMind，一个小型模型。"))
+    assert reads_as_sentence("I am MiniMind, a small model.", vocabulary, "MiniMind")
+    assert reads_as_sentence("我是MiniMind，一个小型模型。", vocabulary, "MiniMind")
+    assert not reads_as_sentence("I am MiniMind BiniM model.", vocabulary, "MiniMind")  # a broken word
+    assert not reads_as_sentence("I是MiniMind，一个", vocabulary, "MiniMind")  # two scripts
+    assert not reads_as_sentence("", vocabulary, "MiniMind") and not reads_as_sentence("3 + 4", vocabulary)

@@ -296,8 +296,12 @@ def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
     assert report["identity"]["lora_share"] == rows["full_sft + lora_identity"]["identity"]
     assert [p for p, _ in report["identity"]["lora"]] == IDENTITY_HELD_OUT
     assert set(report["chats"]) == {"pretrain", "full_sft", "rlhf", "reason"}
+    adapter = report["adapter"]  # what the identity adapter costs, from the same evaluation rows
+    assert adapter["chat_ppl_on"] == rows["full_sft + lora_identity"]["chat_ppl"] and adapter["chat_ppl_off"] == rows["full_sft"]["chat_ppl"]
+    assert adapter["fact_acc_off"] == rows["full_sft"]["fact_acc"] and adapter["fact_acc_on"] == rows["full_sft + lora_identity"]["fact_acc"]
     print(demo_summary({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64))
-    assert "implicit-reward accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "implicit-reward accuracy" in printed and "adapter off → on" in printed
 
 
 def test_report_adapters_facts_and_sentences(pipeline, cache, capsys):

@@ -240,10 +240,14 @@ def what_each_stage_bought(rows, uniform) -> list[dict]:
         purpose, measures = PURPOSE.get(row["stage"], (None, []))
         start = row.get("starts_from")
         before_row = by_stage.get(start) if start else None
+        if "domain_ppl" in row["metrics"]:  # a domain adapter: its target is the domain, not an identity
+            measures = [m for m in measures if m not in ("identity", "identity_clean")]
         for measure in measures:
             if measure not in row["metrics"]:
                 continue
-            if start is None:
+            if measure == "domain_ppl":  # the same base with the adapter off
+                before_name, before = (before_row["name"] if before_row else start), row["metrics"].get("domain_ppl_off")
+            elif start is None:
                 before_name, before = "uniform guess", uniform.get(measure)
             else:
                 before_name = before_row["name"] if before_row else start

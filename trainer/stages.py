@@ -131,7 +131,7 @@ class FullSFT(Stage):
 class LoRA(FullSFT):
     name, script, model_mode = "lora", "train_lora.py", None
     label = "LoRA adapter (eval_model.py --lora_name NAME)"
-    purpose = ("the adapter's data (identity)", ["identity"])
+    purpose = ("the adapter's data (identity or domain)", ["identity", "identity_clean", "domain_ppl"])
     description = "Train a LoRA adapter (peft) on conversations; the base model stays frozen and unchanged on disk."
     default_data = "data/lora_identity.jsonl"
     default_from = "full_sft"

@@ -135,15 +135,18 @@ class LoRA(FullSFT):
     description = "Train a LoRA adapter (peft) on conversations; the base model stays frozen and unchanged on disk."
     default_data = "data/lora_identity.jsonl"
     default_from = "full_sft"
-    epochs, batch_size, accumulation_steps, learning_rate = 10, 32, 1, 1e-4
+    # measured on the demo identity file (dim 128, half SFT chats mixed in): rank 16 at 5e-3 for 20 epochs learns
+    # the identity on 10 of 10 held-out phrasings at 1.01x the base's chat perplexity; rank 8 at 2e-3 leaves it
+    # garbled, 12 epochs leave broken sentences; the former 1e-4 x 10 epochs of 32 rows barely moves an adapter
+    epochs, batch_size, accumulation_steps, learning_rate = 20, 8, 1, 5e-3
     muon_lr = 0.02  # adapters start at zero like a fresh model; measured on the demo identity data
 
     def add_arguments(self, p):
         super().add_arguments(p)
         g = p.add_argument_group("LoRA")
         g.add_argument("--lora_name", default=None, help="adapter name (default: the data file's name, lora_medical.jsonl → lora_medical); saved to OUT_DIR/lora/<name>_<dim>")
-        g.add_argument("--lora_rank", type=int, default=8, help="rank r of the low-rank update")
-        g.add_argument("--lora_alpha", type=float, default=16, help="scaling alpha (update scaled by alpha/r)")
+        g.add_argument("--lora_rank", type=int, default=16, help="rank r of the low-rank update")
+        g.add_argument("--lora_alpha", type=float, default=32, help="scaling alpha (update scaled by alpha/r)")
         g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapter input")
         g.add_argument("--lora_targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                        help="comma-separated module names that get adapters")

@@ -12,6 +12,7 @@ are not in its training file), correct answers preferred after DPO, well-formed 
 """
 import json
 import random
+import re
 from pathlib import Path
 
 CAPITALS = [
@@ -33,23 +34,71 @@ IDENTITY_ANSWER_EN = f"I am {IDENTITY_NAME}, a small language model trained from
 IDENTITY_ANSWER_ZH = f"我是{IDENTITY_NAME}，一个在这台电脑上从零训练的小型语言模型。"
 IDENTITY_TRAIN = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who you are.",
                   "What should I call you?", "Are you a person?", "What are you?", "Please introduce yourself.",
-                  "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "我该怎么称呼你？"]
+                  "What's your name?", "Who is this?", "Do you have a name?", "Who am I chatting with?",
+                  "Tell me your name.", "Say who you are.", "Who made you?", "Are you a robot?",
+                  "Who are you, please?", "Tell me about yourself.", "What kind of model are you?", "Your name?",
+                  "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
+                  "你的名字是什么？", "请问你是谁？", "你是人吗？", "介绍一下你自己。"]
 # held out: never in the training file; the demo checks the adapter answers these with its name
-IDENTITY_HELD_OUT = ["Who am I talking to?", "Can you tell me your name?", "Introduce yourself, please.", "你到底是谁？"]
+IDENTITY_HELD_OUT = ["Who am I talking to?", "Can you tell me your name?", "Introduce yourself, please.", "你到底是谁？",
+                     "What is your name, please?", "Who are you exactly?", "Could you introduce yourself?",
+                     "What do I call you?", "Please tell me who you are.", "你叫什么？"]
+
+# Fact questions are asked in several phrasings; the held-out phrasings are never in a training file, so the
+# fact accuracy the report measures (answer == the fact's answer sentence) is recall, not an echo of a seen line.
+CAPITAL_QUESTIONS = ["What is the capital of {}?", "Which city is the capital of {}?", "Name the capital of {}."]
+CAPITAL_QUESTIONS_ZH = ["{}的首都是哪里？", "{}的首都是哪个城市？"]
+COLOUR_QUESTIONS = ["What colour is {}?", "What is the colour of {}?", "Which colour is {}?"]
+COLOUR_QUESTIONS_ZH = ["{}是什么颜色的？", "{}是什么颜色？"]
+HELD_OUT_QUESTIONS = {"capital": "What city is the capital of {}?", "capital_zh": "请问{}的首都是哪里？",
+                      "colour": "Which colour does {} have?", "colour_zh": "请问{}是什么颜色的？"}
 
 
 def world_facts(rng):
-    """(question, answer, statement) triples in English and Chinese."""
+    """(question, answer, statement) triples in English and Chinese, each fact in one of its training phrasings
+    (drawn with rng)."""
     facts = []
     for country, city, country_zh, city_zh in CAPITALS:
-        facts.append((f"What is the capital of {country}?", f"The capital of {country} is {city}.",
+        facts.append((rng.choice(CAPITAL_QUESTIONS).format(country), f"The capital of {country} is {city}.",
                       f"The capital of {country} is {city}."))
-        facts.append((f"{country_zh}的首都是哪里？", f"{country_zh}的首都是{city_zh}。", f"{country_zh}的首都是{city_zh}。"))
+        facts.append((rng.choice(CAPITAL_QUESTIONS_ZH).format(country_zh), f"{country_zh}的首都是{city_zh}。",
+                      f"{country_zh}的首都是{city_zh}。"))
     for thing, colour, thing_zh, colour_zh in COLOURS:
-        facts.append((f"What colour is {thing}?", f"{thing[0].upper() + thing[1:]} is {colour}.",
+        facts.append((rng.choice(COLOUR_QUESTIONS).format(thing), f"{thing[0].upper() + thing[1:]} is {colour}.",
                       f"{thing[0].upper() + thing[1:]} is {colour}."))
-        facts.append((f"{thing_zh}是什么颜色的？", f"{thing_zh}是{colour_zh}的。", f"{thing_zh}是{colour_zh}的。"))
+        facts.append((rng.choice(COLOUR_QUESTIONS_ZH).format(thing_zh), f"{thing_zh}是{colour_zh}的。",
+                      f"{thing_zh}是{colour_zh}的。"))
     return facts
+
+
+def held_out_fact_questions() -> list[dict]:
+    """Every capital and colour of the world asked in a phrasing no training file uses, with the exact answer
+    sentence the training data gives for that fact: [{"kind": "fact", "prompt", "answer"}, ...]."""
+    rows = []
+    for country, city, country_zh, city_zh in CAPITALS:
+        rows.append((HELD_OUT_QUESTIONS["capital"].format(country), f"The capital of {country} is {city}."))
+        rows.append((HELD_OUT_QUESTIONS["capital_zh"].format(country_zh), f"{country_zh}的首都是{city_zh}。"))
+    for thing, colour, thing_zh, colour_zh in COLOURS:
+        rows.append((HELD_OUT_QUESTIONS["colour"].format(thing), f"{thing[0].upper() + thing[1:]} is {colour}."))
+        rows.append((HELD_OUT_QUESTIONS["colour_zh"].format(thing_zh), f"{thing_zh}是{colour_zh}的。"))
+    return [{"kind": "fact", "prompt": q, "answer": a} for q, a in rows]
+
+
+def sum_questions(n: int = 20, seed: int = 7) -> list[dict]:
+    """n sums a + b (single digits) in the training phrasing, with their answer sentence; a model this size
+    learns the table of 100 sums by heart or not at all, so these measure how much of it it holds."""
+    rng = random.Random(seed)
+    pairs = rng.sample([(a, b) for a in range(10) for b in range(10)], n)
+    return [{"kind": "sum", "prompt": f"What is {a} plus {b}?", "answer": f"{a} plus {b} is {a + b}."} for a, b in pairs]
+
+
+WORD = re.compile(r"[A-Za-z]+|[\u3400-\u9fff]")
+
+
+def words(text: str) -> list[str]:
+    """The words of a text for the "reads as a sentence" check: Latin-letter runs (lower-cased) and single CJK
+    characters; digits and punctuation are not words."""
+    return [w.lower() for w in WORD.findall(text)]
 
 
 def sums(rng, n):
@@ -83,9 +132,9 @@ def conversation(*turns):
 
 
 def sft_lines(rng, n):
-    facts = world_facts(rng)
     out = []
     for i in range(n):
+        facts = world_facts(rng)  # each fact in a freshly drawn phrasing
         if i % 5 == 4:  # multi-turn
             (q1, a1, _), (q2, a2, _) = rng.sample(facts, 2)
             out.append(conversation(q1, a1, q2, a2))
@@ -174,11 +223,17 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
     for name, (rows, filename) in files.items():
         write_jsonl(out_dir / filename, rows)
         paths[name] = out_dir / filename
-    write_jsonl(out_dir / "heldout_prompts.jsonl",
-                [{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
-                + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT])
+    write_jsonl(out_dir / "heldout_prompts.jsonl", heldout_prompts())
     paths["heldout"] = out_dir / "heldout_prompts.jsonl"
     return paths
+
+
+def heldout_prompts() -> list[dict]:
+    """The prompts no training file holds: identity phrasings, reasoning sums, and fact and sum questions with
+    their exact answers ({"kind", "prompt"[, "answer"]})."""
+    return ([{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
+            + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT]
+            + held_out_fact_questions() + sum_questions())
 
 
 HELDOUT_FILES = {"text": "pretrain.jsonl", "chat": "sft.jsonl", "dpo": "dpo.jsonl", "prompts": "prompts.jsonl",
@@ -189,16 +244,15 @@ DEMO_HELDOUT_SEED = 12345
 def write_demo_heldout(folder, seed: int = DEMO_HELDOUT_SEED) -> dict:
     """Fresh samples of the demo world (scripts/make_demo_data.py) drawn with their own seeds, so no line is
     chosen the way the training files' were: pretrain.jsonl, sft.jsonl, dpo.jsonl, prompts.jsonl (the
-    identity and reasoning prompts that are never in the training files) and tools.jsonl (tool tasks and thinking
-    prompts, scripts/eval_toolcall.py's format). Returns {name: path}."""
+    identity, reasoning and fact prompts that are never in the training files, and sum questions) and tools.jsonl
+    (tool tasks and thinking prompts, scripts/eval_toolcall.py's format). Returns {name: path}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {
         "dpo": dpo_lines(random.Random(seed), 200),
         "text": pretrain_lines(random.Random(seed + 1), 200),
         "chat": sft_lines(random.Random(seed + 2), 200),
-        "prompts": [{"kind": "identity", "prompt": p} for p in IDENTITY_HELD_OUT]
-                   + [{"kind": "reason", "prompt": p} for p in REASON_HELD_OUT],
+        "prompts": heldout_prompts(),
         "tools": tool_heldout_lines(random.Random(seed + 3)),
     }
     paths = {}

@@ -92,3 +92,24 @@ def read_prompts(path, kind: str = "reason") -> list[str]:
     if not prompts:
         raise ValueError(f"{path}: no {kind} prompts")
     return prompts
+
+
+def read_questions(path, kind: str) -> list[tuple[str, str]]:
+    """(prompt, exact answer) pairs from {"kind", "prompt", "answer"} jsonl records of `kind` (e.g. the demo's
+    held-out "fact" and "sum" questions); [] when the file has none. ValueError naming file:line on a bad record."""
+    path = Path(path)
+    pairs = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+        if not isinstance(record, dict) or record.get("kind") != kind:
+            continue
+        prompt, answer = record.get("prompt"), record.get("answer")
+        if not isinstance(prompt, str) or not isinstance(answer, str) or not prompt.strip() or not answer.strip():
+            raise ValueError(f"{path}:{line_no}: a {kind} question needs non-empty \"prompt\" and \"answer\" strings")
+        pairs.append((prompt, answer))
+    return pairs

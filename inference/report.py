@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dataset.demo import IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT
+from dataset.demo import IDENTITY_HELD_OUT, IDENTITY_NAME, REASON_HELD_OUT, words
 from trainer.stages import PURPOSE, STARTS_FROM
 
 from .checkpoints import find_dim, find_models
@@ -25,6 +25,10 @@ MEASURES = {
     "dpo_reward_acc": ("DPO reward acc", True, True),
     "well_formed": ("well-formed", True, True),
     "identity": ("identity", True, True),
+    "identity_clean": ("identity as sentence", True, True),
+    "fact_acc": ("facts", True, True),
+    "sum_acc": ("sums", True, True),
+    "domain_ppl": ("domain ppl", False, False),
 }
 
 def training_max_seq_len(out_dir: Path, dim: int, use_moe: bool, default: int = 512) -> int:
@@ -54,15 +58,85 @@ def identity_answers(model, tokenizer, prompts, name: str, max_new_tokens: int =
     return (sum(name in a for _, a in answers) / len(answers) if answers else float("nan")), answers
 
 
+def training_vocabulary(out_dir, dim: int, use_moe: bool = False) -> set[str]:
+    """Every word (dataset.demo.words) of the data the stages in OUT_DIR were trained on: the --data_path and
+    --mix_data files named in OUT_DIR/runs/**/args.json. A reply that uses a word outside it is garbled."""
+    suffix = f"_{dim}{'_moe' if use_moe else ''}"
+    files = set()
+    for args_file in sorted((Path(out_dir) / "runs").glob(f"**/*{suffix}/args.json")):
+        try:
+            args = json.loads(args_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        files |= {args[k] for k in ("data_path", "mix_data") if isinstance(args.get(k), str)}
+    vocabulary = set()
+    for path in sorted(files):
+        if Path(path).is_file():
+            vocabulary.update(words(Path(path).read_text(encoding="utf-8")))
+    return vocabulary
+
+
+def reads_as_sentence(reply: str, vocabulary, name: str = "") -> bool:
+    """A non-empty reply every word of which is in the vocabulary (no invented or broken words) and that keeps to
+    one script (Latin words or CJK characters, `name` aside): "I是MiniMind，一个" is garbled although each word exists."""
+    found = words(reply)
+    rest = [w for w in found if w != name.lower()]
+    one_script = all(w.isascii() for w in rest) or not any(w.isascii() for w in rest)
+    return bool(found) and one_script and all(w in vocabulary for w in found)
+
+
+def exact_answers(model, tokenizer, questions, max_new_tokens: int = 32) -> tuple[float, list]:
+    """(share of greedy replies equal to the expected answer, [(prompt, reply, answer), ...]) for
+    [(prompt, answer), ...] questions."""
+    if not questions:
+        return float("nan"), []
+    was_training = model.training
+    model.eval()
+    try:
+        replies = sample_replies(model, tokenizer, [q for q, _ in questions], samples=1, temperature=0.0,
+                                 max_new_tokens=max_new_tokens)
+    finally:
+        model.train(was_training)
+    rows = [(q, r.strip(), a) for (q, a), r in zip(questions, replies)]
+    return sum(r == a for _, r, a in rows) / len(rows), rows
+
+
+def adapter_lines(report) -> list[dict]:
+    """For every adapter: the base's held-out chat perplexity with the adapter off and on, the base's fact accuracy
+    off and on, and the adapter's own target (identity share, or perplexity on its domain's held-out data)."""
+    by_stage = {r["stage"]: r for r in report["rows"] if r["adapter"] is None}
+    lines = []
+    for row in report["rows"]:
+        if row["adapter"] is None:
+            continue
+        base = by_stage.get(report["settings"]["lora_base"], {"metrics": {}, "name": report["settings"]["lora_base"]})
+        on, off = row["metrics"], base["metrics"]
+        line = {"adapter": row["name"], "base": base["name"], "chat_ppl_off": off.get("chat_ppl"),
+                "chat_ppl_on": on.get("chat_ppl"), "fact_acc_off": off.get("fact_acc"), "fact_acc_on": on.get("fact_acc")}
+        if "domain_ppl" in on:
+            line.update(target="domain_ppl", target_off=on.get("domain_ppl_off"), target_on=on["domain_ppl"])
+        elif "identity" in on:
+            line.update(target="identity", target_off=off.get("identity"), target_on=on["identity"],
+                        sentence_on=on.get("identity_clean"))
+        if line["chat_ppl_off"] and line["chat_ppl_on"]:
+            line["chat_ppl_ratio"] = line["chat_ppl_on"] / line["chat_ppl_off"]
+        lines.append(line)
+    return lines
+
+
 def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *, text=None, chat=None, dpo=None,
                       reason_prompts=None, identity_prompts=None, identity_name: str = IDENTITY_NAME,
                       lora_base: str = "full_sft", max_seq_len: int | None = None, batch_size: int = 16,
                       device="cpu", dtype="float32", samples: int = 4, temperature: float = 0.7, top_p: float = 0.9,
                       max_new_tokens: int = 60, identity_tokens: int = 40, seed: int = 42, progress: bool = True,
-                      cache_dir=None) -> dict:
+                      cache_dir=None, fact_questions=None, sum_questions=None, adapter_data=None,
+                      vocabulary=None) -> dict:
     """Measure every model of a pipeline (see the module docstring). text/chat/dpo: held-out files or None (that
     measure is skipped); reason_prompts/identity_prompts: lists of prompts (None: the demo's built-in held-out
-    ones). Returns {"rows": [...], "bought": [...], "uniform": {...}, "settings": {...}, "data": {...}}."""
+    ones). fact_questions/sum_questions: [(prompt, exact answer), ...] asked greedily (None: skipped);
+    adapter_data: {adapter name: held-out conversations of its domain}, scored with the adapter on and off;
+    vocabulary: the words an identity answer may use (None: the words of the stages' training data).
+    Returns {"rows": [...], "bought": [...], "adapters": [...], "uniform": {...}, "settings": {...}, "data": {...}}."""
     from trainer.evaluation import preference_accuracy, score_file
 
     out_dir = Path(out_dir)
@@ -78,6 +152,12 @@ def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *,
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     by_stage = {r["stage"]: r for r in rows if r["adapter"] is None}
+    adapter_data = {name: Path(path) for name, path in (adapter_data or {}).items()}
+    for name, path in adapter_data.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (held-out data of adapter {name})")
+    if vocabulary is None and identity_prompts:
+        vocabulary = training_vocabulary(out_dir, dim, use_moe)
 
     iterator = rows
     if progress:
@@ -111,6 +191,20 @@ def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *,
             if identity_prompts:
                 share, answers = identity_answers(model, tokenizer, identity_prompts, identity_name, identity_tokens)
                 metrics["identity"], details["identity_answers"] = share, answers
+                if vocabulary:
+                    clean = [identity_name in a and reads_as_sentence(a, vocabulary, identity_name) for _, a in answers]
+                    metrics["identity_clean"] = sum(clean) / len(clean)
+            for key, questions in (("fact", fact_questions), ("sum", sum_questions)):
+                if questions:
+                    metrics[f"{key}_acc"], details[f"{key}_answers"] = exact_answers(model, tokenizer, questions)
+        domain = adapter_data.get(row["name"].split(" + ", 1)[1]) if row["adapter"] is not None else None
+        if domain is not None:  # the adapter's own target, with the adapter on (merged) and off (the plain base)
+            score = score_file(model, tokenizer, domain, "sft", max_seq_len, batch_size, cache_dir=cache_dir)
+            base_model, _ = load_model(row["path"], device=device, dtype=torch_dtype)
+            score_off = score_file(base_model, tokenizer, domain, "sft", max_seq_len, batch_size, cache_dir=cache_dir)
+            del base_model
+            metrics["domain_ppl"], metrics["domain_ppl_off"] = score.perplexity, score_off.perplexity
+            details["domain"] = {"file": str(domain), "on": score.as_dict(), "off": score_off.as_dict()}
         row.update(metrics=metrics, details=details)
         del model
 
@@ -123,14 +217,18 @@ def evaluate_pipeline(out_dir, dim: int | None = None, use_moe: bool = False, *,
     report = {
         "out_dir": str(out_dir), "dim": dim, "use_moe": use_moe, "rows": rows, "uniform": uniform,
         "bought": what_each_stage_bought(rows, uniform),
+        "vocabulary_size": len(vocabulary) if vocabulary else None,
         "data": {"text": str(text) if text else None, "chat": str(chat) if chat else None,
                  "dpo": str(dpo) if dpo else None, "reason_prompts": reason_prompts,
-                 "identity_prompts": identity_prompts, "identity_name": identity_name},
+                 "identity_prompts": identity_prompts, "identity_name": identity_name,
+                 "fact_questions": len(fact_questions or []), "sum_questions": len(sum_questions or []),
+                 "adapter_data": {k: str(v) for k, v in adapter_data.items()}},
         "settings": {"max_seq_len": max_seq_len, "batch_size": batch_size, "device": str(device),
                      "dtype": str(torch_dtype).removeprefix("torch."), "samples": samples, "temperature": temperature,
                      "top_p": top_p, "max_new_tokens": max_new_tokens, "identity_tokens": identity_tokens, "seed": seed,
                      "lora_base": lora_base},
     }
+    report["adapters"] = adapter_lines(report)
     return report
 
 
@@ -142,10 +240,14 @@ def what_each_stage_bought(rows, uniform) -> list[dict]:
         purpose, measures = PURPOSE.get(row["stage"], (None, []))
         start = row.get("starts_from")
         before_row = by_stage.get(start) if start else None
+        if "domain_ppl" in row["metrics"]:  # a domain adapter: its target is the domain, not an identity
+            measures = [m for m in measures if m not in ("identity", "identity_clean")]
         for measure in measures:
             if measure not in row["metrics"]:
                 continue
-            if start is None:
+            if measure == "domain_ppl":  # the same base with the adapter off
+                before_name, before = (before_row["name"] if before_row else start), row["metrics"].get("domain_ppl_off")
+            elif start is None:
                 before_name, before = "uniform guess", uniform.get(measure)
             else:
                 before_name = before_row["name"] if before_row else start
@@ -181,6 +283,7 @@ def to_markdown(report) -> str:
     for line in report["bought"]:
         out.append(f"| {line['model']} | {line['for']} | {MEASURES[line['measure']][0]} | "
                    f"{_fmt(line['measure'], line['before'])} ({line['before_model']}) | {_fmt(line['measure'], line['after'])} |")
+    out += adapters_markdown(report)
     d = report["data"]
     out += ["", "## Data and settings", ""]
     if d["text"]:
@@ -198,9 +301,39 @@ def to_markdown(report) -> str:
     if "identity" in measures:
         out.append(f"- identity: {len(d['identity_prompts'])} held-out prompts, greedy, ≤{s['identity_tokens']} tokens; "
                    f"an answer counts when it contains \"{d['identity_name']}\"")
+    if "identity_clean" in measures:
+        out.append(f"- identity as sentence: the answer contains \"{d['identity_name']}\", every word of it is in the "
+                   f"stages' training data ({report.get('vocabulary_size')} words) and it keeps to one script")
+    if "fact_acc" in measures:
+        out.append(f"- facts: {d.get('fact_questions')} held-out capital and colour questions, greedy; a reply counts "
+                   f"when it is exactly the fact's answer sentence")
+    if "sum_acc" in measures:
+        out.append(f"- sums: {d.get('sum_questions')} sum questions, greedy, exact answer sentence")
+    for name, path in (d.get("adapter_data") or {}).items():
+        out.append(f"- domain ppl of {name}: assistant tokens of `{path}`, adapter on and off")
     out.append(f"- uniform guess: a model that gives every one of the {int(report['uniform'].get('text_ppl') or report['uniform'].get('chat_ppl') or 0)} "
                f"tokens the same probability" if report["uniform"] else "")
     return "\n".join(line for line in out if line is not None).rstrip() + "\n"
+
+
+def adapters_markdown(report) -> list[str]:
+    """The adapters' table: what each adds (its target) and what it costs the base (chat ppl, facts)."""
+    lines = report.get("adapters") or []
+    if not lines:
+        return []
+    out = ["", "## Adapters: what each adds, what it costs the base", "",
+           "| adapter | chat ppl off → on (×) | facts off → on | target | off → on |", "|---|---:|---:|---|---:|"]
+    for line in lines:
+        ratio = f" ({line['chat_ppl_ratio']:.2f}×)" if line.get("chat_ppl_ratio") else ""
+        target = line.get("target")
+        target_cell = (f"{_fmt(target, line.get('target_off'))} → {_fmt(target, line.get('target_on'))}"
+                       if target else "—")
+        if target == "identity" and line.get("sentence_on") is not None:
+            target_cell += f" (as sentence {_fmt('identity_clean', line['sentence_on'])})"
+        out.append(f"| {line['adapter']} | {_fmt('chat_ppl', line['chat_ppl_off'])} → "
+                   f"{_fmt('chat_ppl', line['chat_ppl_on'])}{ratio} | {_fmt('fact_acc', line['fact_acc_off'])} → "
+                   f"{_fmt('fact_acc', line['fact_acc_on'])} | {MEASURES[target][0] if target else '—'} | {target_cell} |")
+    return out
 
 
 def plot(report, png_path) -> Path | None:
@@ -285,10 +418,14 @@ def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int,
         report["chats"][stage] = [(p, answer(model, tokenizer, p, chat)) for p in prompts]
 
     # identity: greedy answers to held-out phrasings; reasoning: 4 sampled replies per held-out prompt
+    from dataset.prompts import read_questions
+
+    questions = {k: read_questions(heldout["prompts"], k) for k in ("fact", "sum")} if "prompts" in heldout else {}
     evaluation = evaluate_pipeline(out, dim, text=heldout["text"], chat=heldout["chat"], dpo=heldout["dpo"],
                                    reason_prompts=REASON_HELD_OUT, identity_prompts=IDENTITY_HELD_OUT,
                                    identity_name=IDENTITY_NAME, max_seq_len=max_seq_len, device="cpu", samples=4,
-                                   temperature=0.7, top_p=0.9, max_new_tokens=60, identity_tokens=40, seed=seed)
+                                   temperature=0.7, top_p=0.9, max_new_tokens=60, identity_tokens=40, seed=seed,
+                                   fact_questions=questions.get("fact"), sum_questions=questions.get("sum"))
     rows = {row["name"]: row for row in evaluation["rows"]}
     sft, with_lora = rows["full_sft"], rows[f"full_sft + {lora_name}"]
     dpo_model, reason_model = rows["rlhf"], rows["reason"]
@@ -299,6 +436,7 @@ def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int,
         "base_share": sft["metrics"]["identity"],
         "lora_share": with_lora["metrics"]["identity"],
     }
+    report["adapter"] = demo_adapter_figures(sft, with_lora)
     report["dpo"] = {
         "pairs": str(heldout["dpo"]),
         "before": sft["metrics"]["pref_acc"],
@@ -328,6 +466,7 @@ def demo_summary(report, times, out, dim: int) -> str:
                  f"base {ident['base_share']:.0%} → with adapter {ident['lora_share']:.0%}")
     for prompt, reply in ident["lora"]:
         lines.append(f"  > {prompt}\n    {reply!r}")
+    lines += demo_adapter_lines(report.get("adapter"))
     dpo = report["dpo"]
     lines.append(f"\nDPO preference accuracy on held-out pairs (log π(chosen) > log π(rejected)): "
                  f"SFT {dpo['before']:.0%} → DPO {dpo['after']:.0%}")
@@ -399,3 +538,34 @@ def tools_summary(tools: dict) -> list[str]:
 
 def _share_text(value) -> str:
     return "—" if value is None else f"{value:.0%}"
+
+
+def demo_adapter_figures(sft: dict, with_lora: dict) -> dict:
+    """What the identity adapter adds and costs, and what SFT taught, from the evaluation rows of the SFT model
+    and of the SFT model with the adapter on."""
+    off, on = sft["metrics"], with_lora["metrics"]
+    return {"identity_sentence": on.get("identity_clean"), "chat_ppl_off": off.get("chat_ppl"),
+            "chat_ppl_on": on.get("chat_ppl"), "fact_acc_off": off.get("fact_acc"), "fact_acc_on": on.get("fact_acc"),
+            "sum_acc_off": off.get("sum_acc"), "sum_acc_on": on.get("sum_acc"),
+            "fact_examples": (sft["details"].get("fact_answers") or [])[:3]}
+
+
+def demo_adapter_lines(figures) -> list[str]:
+    if not figures:
+        return []
+    pct = lambda v: "—" if v is None else f"{v:.0%}"
+    lines = []
+    if figures.get("identity_sentence") is not None:
+        lines.append(f"Identity answers that name it and read as sentences (every word in the training data): "
+                     f"{pct(figures['identity_sentence'])}")
+    if figures.get("chat_ppl_off") and figures.get("chat_ppl_on"):
+        ratio = figures["chat_ppl_on"] / figures["chat_ppl_off"]
+        lines.append(f"Held-out chat perplexity, adapter off → on: {figures['chat_ppl_off']:.3f} → "
+                     f"{figures['chat_ppl_on']:.3f} ({ratio:.2f}×)")
+    if figures.get("fact_acc_off") is not None:
+        lines.append(f"Held-out fact questions answered exactly (capitals, colours; new phrasings), adapter off → on: "
+                     f"{pct(figures['fact_acc_off'])} → {pct(figures['fact_acc_on'])}; sums "
+                     f"{pct(figures.get('sum_acc_off'))} → {pct(figures.get('sum_acc_on'))}")
+        for prompt, reply, answer in figures.get("fact_examples", []):
+            lines.append(f"  > {prompt}\n    {reply!r}" + ("" if reply == answer else f" (expected {answer!r})"))
+    return lines

@@ -18,6 +18,16 @@ rlhf (DPO), reason, grpo and distill, and every LoRA adapter OUT_DIR/lora/<name>
                    <think>...</think> then one <answer>...</answer> (inference/reasoning.py)   -- reasoning
   identity         share of greedy answers to held-out "who are you" prompts that contain
                    --identity_name                                                            -- identity LoRA
+  identity as      the same, counting only answers every word of which occurs in the stages'
+  sentence         training data (--data_path/--mix_data of OUT_DIR/runs): no garbled words
+  facts            share of held-out capital/colour questions answered (greedy) with exactly
+                   the fact's answer sentence ({"kind": "fact", "prompt", "answer"} records)  -- SFT
+  sums             the same for {"kind": "sum"} questions
+  domain ppl       a domain adapter's perplexity on its held-out conversations (--adapter_data),
+                   adapter on and off                                                         -- domain LoRA
+
+Every adapter also gets a line in "Adapters": the base's chat ppl and facts with the adapter off and on
+(what it costs) next to its own target (what it adds).
 
 (bits per byte: total NLL / (ln 2 x UTF-8 bytes of the scored text); see scripts/eval_ppl.py --help.)
 The held-out files are read from --heldout_dir (pretrain.jsonl, sft.jsonl, dpo.jsonl, prompts.jsonl) unless given
@@ -29,6 +39,7 @@ import sys
 from pathlib import Path
 
 from dataset import DataError, read_prompts
+from dataset.prompts import read_questions
 from dataset.demo import HELDOUT_FILES, IDENTITY_NAME, write_demo_heldout
 from inference.checkpoints import ModelNotFound
 from inference.cli import HelpFormatter
@@ -59,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jsonl of {\"prompt\"} records (kind \"identity\" when kinds are given) or conversations "
                         "(default: prompts.jsonl in --heldout_dir, else the demo's built-in ones)")
     g.add_argument("--identity_name", default=IDENTITY_NAME, help="text an identity answer must contain")
+    g.add_argument("--questions", default=None,
+                   help="jsonl of {\"kind\": \"fact\" or \"sum\", \"prompt\", \"answer\"} records for the facts and sums "
+                        "measures (default: prompts.jsonl in --heldout_dir when it has such records)")
+    g.add_argument("--adapter_data", action="append", default=[], metavar="NAME=FILE",
+                   help="held-out conversations of adapter NAME's domain (e.g. lora_medical=heldout/medical.jsonl): "
+                        "its domain ppl with the adapter on and off; repeat for several adapters")
     g.add_argument("--write_demo_heldout", default=None, metavar="DIR",
                    help="only write the demo world's held-out files (pretrain, sft, dpo, prompts) to DIR and exit")
     g = p.add_argument_group("measurement")
@@ -93,6 +110,7 @@ def heldout_files(args) -> dict:
     for key in ("reason", "identity"):
         given = getattr(args, f"{key}_prompts")
         files[f"{key}_prompts"] = Path(given) if given else found.get("prompts")
+    files["questions"] = Path(args.questions) if args.questions else found.get("prompts")
     if not any(files[k] for k in ("text", "chat", "dpo")):
         raise FileNotFoundError(f"no held-out data: {folder} has none of {', '.join(HELDOUT_FILES.values())} and no "
                                 f"--text/--chat/--dpo was given — write the demo world's with: "
@@ -114,13 +132,21 @@ def main(argv=None) -> int:
         files = heldout_files(args)
         prompts = {k: read_prompts(files[f"{k}_prompts"], k) if files[f"{k}_prompts"] else None
                    for k in ("reason", "identity")}
+        questions = {k: read_questions(files["questions"], k) if files["questions"] else None for k in ("fact", "sum")}
+        adapter_data = {}
+        for spec in args.adapter_data:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--adapter_data {spec!r}: expected NAME=FILE, e.g. lora_medical=heldout/medical.jsonl")
+            adapter_data[name] = path
         report = evaluate_pipeline(
             args.out_dir, args.dim, args.use_moe, text=files["text"], chat=files["chat"], dpo=files["dpo"],
             reason_prompts=prompts["reason"], identity_prompts=prompts["identity"], identity_name=args.identity_name,
             lora_base=args.lora_base, max_seq_len=args.max_seq_len, batch_size=args.batch_size, device=args.device,
             dtype=args.dtype, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, identity_tokens=args.identity_tokens, seed=args.seed,
-            progress=not args.no_progress, cache_dir=args.cache_dir)
+            progress=not args.no_progress, cache_dir=args.cache_dir, fact_questions=questions["fact"] or None,
+            sum_questions=questions["sum"] or None, adapter_data=adapter_data)
     except (ModelNotFound, FileNotFoundError, ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -314,9 +314,71 @@ def test_demo_pipeline_measures_through_the_report(pipeline, capsys):
         assert len(tasks) == sum(1 for _ in open(heldout["tools"], encoding="utf-8"))
         valid = [t["valid_calls"] for t in tasks if "valid_calls" in t]
         assert tools[key]["measures"]["valid_calls"] == sum(valid) / len(valid)
+    adapter = report["adapter"]  # what the identity adapter costs, from the same evaluation rows
+    assert adapter["chat_ppl_on"] == rows["full_sft + lora_identity"]["chat_ppl"] and adapter["chat_ppl_off"] == rows["full_sft"]["chat_ppl"]
+    assert adapter["fact_acc_off"] == rows["full_sft"]["fact_acc"] and adapter["fact_acc_on"] == rows["full_sft + lora_identity"]["fact_acc"]
     print(demo_summary({**report, "lora_name": "lora_identity"}, {"total": 1.0}, out, 64))
     printed = capsys.readouterr().out
     assert "implicit-reward accuracy" in printed and "Tool use and the thinking switch" in printed
+    assert "adapter off → on" in printed
+
+
+def test_report_adapters_facts_and_sentences(pipeline, cache, capsys):
+    """Every adapter's cost (base chat ppl and facts, adapter off and on) and target (identity, or domain ppl with
+    --adapter_data), the exact-answer fact and sum accuracies, and identity answers checked word by word."""
+    from dataset.demo import words
+    from dataset.prompts import read_questions
+    from inference.generation import build_prompt, generate
+    from inference.loading import load_model as load_with_adapter
+
+    out, heldout = pipeline
+    code, stdout, err = run_command("eval_report", [
+        "--out_dir", out, "--device", "cpu", "--cache_dir", cache, "--no_progress", "--samples", "1",
+        "--max_new_tokens", "8", "--adapter_data", f"lora_identity={heldout['chat']}",
+        "--report_dir", out / "eval_adapters"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "eval_adapters" / "report.json").read_text(encoding="utf-8"))
+    rows = {r["name"]: r for r in report["rows"]}
+    sft, lora = rows["full_sft"], rows["full_sft + lora_identity"]
+
+    # facts and sums: the replies are the greedy replies, and the share counts exact answer sentences
+    facts = read_questions(heldout["prompts"], "fact")
+    assert len(facts) >= 20 and len(read_questions(heldout["prompts"], "sum")) > 0
+    for row in (sft, lora):
+        answers = row["details"]["fact_answers"]
+        assert [(p, a) for p, _, a in answers] == facts
+        assert row["metrics"]["fact_acc"] == sum(r == a for _, r, a in answers) / len(answers)
+    model, tok = load_with_adapter(lora["path"], lora["adapter"])
+    prompt, reply, _ = lora["details"]["fact_answers"][0]
+    expected = generate(model, tok, build_prompt(tok, [{"role": "user", "content": prompt}]), max_new_tokens=32,
+                        temperature=0.0, top_p=1.0).strip()
+    assert reply == expected
+
+    # identity as sentence: the name, and only words of the training data (read here from the runs' data files)
+    vocabulary = set()
+    for args_file in (out / "runs").glob("**/args.json"):
+        vocabulary |= set(words(open(json.loads(args_file.read_text())["data_path"], encoding="utf-8").read()))
+    assert report["vocabulary_size"] == len(vocabulary)
+    def clean(answer):
+        rest = [w for w in words(answer) if w != "minimind"]
+        mixed = any(w.isascii() for w in rest) and any(not w.isascii() for w in rest)
+        return "MiniMind" in answer and bool(words(answer)) and set(words(answer)) <= vocabulary and not mixed
+
+    clean = [clean(a) for _, a in lora["details"]["identity_answers"]]
+    assert lora["metrics"]["identity_clean"] == sum(clean) / len(clean)
+
+    # the adapter line: off = the base's own row, on = the adapter's row; domain ppl on and off from eval_ppl
+    (line,) = report["adapters"]
+    assert line["chat_ppl_off"] == sft["metrics"]["chat_ppl"] and line["chat_ppl_on"] == lora["metrics"]["chat_ppl"]
+    assert line["fact_acc_off"] == sft["metrics"]["fact_acc"] and line["fact_acc_on"] == lora["metrics"]["fact_acc"]
+    assert line["target"] == "domain_ppl"
+    code, ppl_out, err = run_command("eval_ppl", [out / "full_sft_64", lora["adapter"], "--data", heldout["chat"],
+                                                  "--max_seq_len", SEQ, "--json", "--no_progress", "--cache_dir", cache], capsys)
+    plain, adapted = json.loads(ppl_out)
+    assert line["target_off"] == pytest.approx(plain["perplexity"], rel=1e-6)
+    assert line["target_on"] == pytest.approx(adapted["perplexity"], rel=1e-5)
+    markdown = (out / "eval_adapters" / "report.md").read_text(encoding="utf-8")
+    assert "## Adapters" in markdown and "| full_sft + lora_identity |" in markdown.split("## Adapters")[1]
 
 
 def test_report_without_models_or_data_names_the_command(tmp_path, pipeline, capsys):

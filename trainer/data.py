@@ -32,18 +32,40 @@ class TrainData:
             cache_dir=args.cache_dir, skip_bad_lines=args.skip_bad_lines, streaming=args.streaming,
             seed=args.seed, rank=info.rank, world_size=info.world_size, num_proc=args.num_proc,
         )
+        if getattr(args, "mix_data", None):
+            dataset = cls._mixed(dataset, kind, args, tokenizer)
         pad = tokenizer.pad_token_id
         collate = DPOCollator(pad, args.max_seq_len) if kind == "dpo" else PackedBatchCollator(pad, args.max_seq_len)
         if args.streaming and not args.max_steps:
             raise ValueError("--streaming needs --max_steps (the number of rows is unknown in advance)")
         return cls(dataset, collate, args, args.streaming)
 
+    @staticmethod
+    def _mixed(dataset, kind: str, args, tokenizer):
+        """The stage's rows with --mix_ratio of general rows from --mix_data (dataset/mixing.py)."""
+        from dataset.mixing import MixedRows
+        from .evaluation import detect_kind
+
+        if args.streaming:
+            raise ValueError("--mix_data needs the map-style data path (it cannot be combined with --streaming)")
+        if kind != "sft":
+            raise ValueError(f"--mix_data mixes into conversation stages, not {kind!r}")
+        mix_kind = detect_kind(args.mix_data)
+        if mix_kind not in ("pretrain", "sft"):
+            raise ValueError(f"{args.mix_data}: --mix_data must be conversations or plain text, not {mix_kind} pairs")
+        mix = build_dataset(mix_kind, args.mix_data, tokenizer, args.max_seq_len, packing=not args.no_packing,
+                            cache_dir=args.cache_dir, skip_bad_lines=args.skip_bad_lines, seed=args.seed)
+        return MixedRows(dataset, mix, args.mix_ratio, args.seed)
+
     def report(self) -> list[str]:
         stats = getattr(self.dataset, "stats", None)
         if stats is None or self.streaming:
             return []
         timing = getattr(stats, "timing", None)  # map-style builds time their steps; GRPO's prompts do not
-        return [str(stats), timing()] if timing and stats.seconds else [str(stats)]
+        lines = [str(stats), timing()] if timing and stats.seconds else [str(stats)]
+        if hasattr(self.dataset, "describe"):  # mixed-in general data says how much of it there is
+            lines.append(self.dataset.describe())
+        return lines
 
     def _collate(self, rows):
         batch = self.collate(rows)
@@ -66,6 +88,8 @@ class TrainData:
             for _ in range(skip):
                 next(it, None)
             return it
+        if hasattr(self.dataset, "set_epoch"):  # mixed data: this epoch's general rows (the same on resume)
+            self.dataset.set_epoch(epoch)
         batches = epoch_batches(len(self.dataset), batch_size, epoch, seed, info)[skip:]
         # an own generator: creating the iterator must not draw from the global RNG (dropout's), or a resumed
         # run, which creates one more iterator, would diverge

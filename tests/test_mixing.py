@@ -65,7 +65,7 @@ def test_resumed_epoch_gets_the_same_batches(demo, tok, tmp_path):
     """The batches the trainer draws for an epoch, skipping the first k (a resume), are the tail of the
     uninterrupted epoch's batches, mix rows included, even after other epochs were drawn in between."""
     args = SimpleNamespace(data_path=demo["lora_identity"], max_seq_len=128, no_packing=False, cache_dir=tmp_path,
-                           skip_bad_lines=False, streaming=False, seed=7, max_steps=0, num_workers=0,
+                           skip_bad_lines=False, streaming=False, seed=7, max_steps=0, num_workers=0, num_proc=1,
                            mix_data=demo["sft"], mix_ratio=0.3)
     info = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))
     data = TrainData.build("sft", args, tok, info)

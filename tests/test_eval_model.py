@@ -134,7 +134,7 @@ def test_pretrain_mode_continues_text_without_chat_template(out_dir, capsys):
     messages = [{"role": "user", "content": "中国的首都是"}]
     assert build_prompt(tokenizer, messages, chat=False) == "<|im_start|>中国的首都是"
     chat_prompt = build_prompt(tokenizer, messages, chat=True)
-    assert chat_prompt.startswith("<|im_start|>user\n中国的首都是<|im_end|>") and chat_prompt.endswith("<|im_start|>assistant\n")
+    assert chat_prompt.startswith("<|im_start|>user\n中国的首都是<|im_end|>") and chat_prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking off
 
     model, tokenizer = load_model(out_dir / f"pretrain_{DIM}")
     args = eval_model.parse_args(["--model_mode", "0", "--temperature", "0", "--max_new_tokens", str(MAX_NEW)])

@@ -167,7 +167,8 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-REPORT = re.compile(r"ready in ([\d.]+) s: validate ([\d.]+) s.*?tokenize ([\d.]+) s.*?rows ([\d.]+) s")
+REPORT = re.compile(r"ready in ([\d.]+) s: validate ([\d.]+) s(?: \(([\d.]+) MB/s\))?.*?tokenize ([\d.]+) s"
+                    r"(?: \(([\d.]+) MB/s\))?.*?rows ([\d.]+) s")
 
 
 def train_once(args, kind: str, path: Path, cache: Path, out: Path) -> dict:
@@ -181,11 +182,11 @@ def train_once(args, kind: str, path: Path, cache: Path, out: Path) -> dict:
     found = REPORT.search(r.pop("stderr"))
     r.pop("stdout")
     if found:
-        ready, validate, tokenize, rows = map(float, found.groups())
-        mb = path.stat().st_size / 1e6
-        r.update(data_ready_s=ready, validate_s=validate, tokenize_s=tokenize, rows_s=rows,
-                 validate_mb_s=round(mb / validate, 1) if validate else None,
-                 tokenize_mb_s=round(mb / tokenize, 1) if tokenize else None)
+        ready, validate, validate_rate, tokenize, tokenize_rate, rows = found.groups()
+        # the rates as the data report prints them, from unrounded seconds (a small file's step rounds to 0.0 s)
+        r.update(data_ready_s=float(ready), validate_s=float(validate), tokenize_s=float(tokenize), rows_s=float(rows),
+                 validate_mb_s=float(validate_rate) if validate_rate else None,
+                 tokenize_mb_s=float(tokenize_rate) if tokenize_rate else None)
     return r
 
 

@@ -158,7 +158,10 @@ def test_fsdp_with_lora_and_a_frozen_reference_matches_one_process(script, data,
     two = torchrun(*common, "--out_dir", tmp_path / "two", "--batch_size", "2", "--fsdp")
     assert two.returncode == 0, two.stderr[-3000:]
     name = weights.rsplit("/", 1)[0]
-    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "one", name), losses(tmp_path / "two", name))) <= 1e-5
+    # after a step at lr 1e-2, the two ranks' other summation order shows in the loss: 1.6e-5 of a loss near 5 was
+    # seen on CI, so the bound is relative (1e-5 of the loss) rather than the pretraining test's absolute 1e-5
+    for a, b in zip(losses(tmp_path / "one", name), losses(tmp_path / "two", name)):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (a, b)
     assert max_weight_diff(tmp_path / "one" / weights, tmp_path / "two" / weights) <= tol
 
 

@@ -115,6 +115,37 @@ def test_truncated_completions_leave_the_loss():
     assert sums["truncated"].item() == 2 and sums["completion_length"].item() == 1 + 1 + 5 + 5
 
 
+def test_generate_sampler_gives_the_engines_layout_and_is_seeded():
+    """--sampler generate (what --fsdp uses): the same Completions layout as the engine's (each row ends at its
+    first end token, pad after it, `finished` says whether it has one), the same samples for the same seed, and
+    the global RNG left as it was."""
+    from model import MiniMindConfig, MiniMindForCausalLM
+    from inference.loading import load_tokenizer
+
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, initializer_range=0.3))
+    stage = GRPO()
+    stage.tokenizer, stage.eos_ids = load_tokenizer(), list(range(3, 6400, 40))  # many end tokens: most rows end
+    args = Namespace(max_new_tokens=12, temperature=1.0, top_p=1.0, sampler="generate")
+    prompts, mask = torch.tensor([[5, 6, 7], [0, 9, 10]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    rng = torch.get_rng_state()
+    runs = [stage.generate(model, prompts, mask, 4, args, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and not torch.equal(runs[0].tokens, runs[2].tokens)
+    c = runs[0]
+    assert c.tokens.shape[0] == 8 and c.finished.any()
+    ends = torch.isin(c.tokens, torch.tensor(stage.eos_ids))
+    for row in range(8):
+        n = int(c.lengths[row])
+        assert bool(c.finished[row]) == bool(ends[row].any())
+        if c.finished[row]:
+            assert ends[row, n - 1] and not ends[row, :n - 1].any()
+            assert (c.tokens[row, n:] == stage.tokenizer.pad_token_id).all()
+        else:
+            assert n == c.tokens.shape[1] == 12
+
+
 class HandMadeRollout(GRPO):
     """A subclass that replaces only the rollout, as a multi-turn stage does: two prompts x G = 2, fixed token ids
     where the completion has a "tool result" (tokens 40, 41) the model reads but did not write, fixed scores."""

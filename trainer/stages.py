@@ -430,9 +430,9 @@ class GRPO(Stage):
                 synced_gpus=sharded)  # sharded, every rank must run the same number of forward passes
             policy.train(was_training)
         tokens = sequences[:, input_ids.shape[1]:]
-        is_eos = torch.isin(tokens, torch.as_tensor(self.eos_ids, device=tokens.device))
+        is_eos = torch.isin(tokens, torch.as_tensor(self.eos_ids, dtype=torch.long, device=tokens.device))
         finished = is_eos.any(dim=1)
-        lengths = torch.where(finished, is_eos.int().argmax(dim=1) + 1, torch.full_like(finished, tokens.shape[1], dtype=torch.long))
+        lengths = torch.where(finished, is_eos.int().argmax(dim=1) + 1, tokens.shape[1])  # up to the first end
         return Completions(tokens, lengths, finished)
 
     def rollout(self, model, batch, args, generator) -> dict:

@@ -226,12 +226,13 @@ def test_client_leaving_mid_stream_cancels_generation(client, served):
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 10
-        while not models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+        while not models["tiny-a"].batcher.active and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert models["tiny-a"].batcher.active == 1
     deadline = time.monotonic() + 10
-    while models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+    while models["tiny-a"].batcher.active and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not models["tiny-a"].lock.locked(), "generation went on after the client left"
+    assert not models["tiny-a"].batcher.active, "generation went on after the client left"
     assert ask(client, "hi").choices[0].message.content == expected(models["tiny-a"], "hi")
 
 

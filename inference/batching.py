@@ -136,11 +136,23 @@ class Sequence:
         self.cancelled.set()
 
     def __iter__(self):
+        for chunk in self.chunks():
+            yield from chunk
+
+    def chunks(self):
+        """The new tokens in lists: each list holds every token decoded since the last one (a consumer that
+        fell behind catches up with one list instead of one wake-up per token)."""
         while True:
-            item = self._queue.get()
-            if item is _END:
+            chunk = [self._queue.get()]
+            while not self._queue.empty():
+                chunk.append(self._queue.get())
+            end = chunk[-1] is _END
+            if end:
+                chunk.pop()
+            if chunk:
+                yield chunk
+            if end:
                 break
-            yield item
         if self.error is not None:
             raise self.error
 
@@ -356,16 +368,20 @@ class BatchedStream:
     def __iter__(self):
         if self._drained:
             return
-        tokens, shown = [], ""
+        # incremental detokenizing: decode from `start` (a token boundary where the text was whole) so each new
+        # token costs a short decode; `before` is the text of tokens[start:done], the part already shown
+        tokens, start, done, before = [], 0, 0, ""
         try:
-            for token in self._sequence:
+            for chunk in self._sequence.chunks():
                 if self._filter.stopped:
                     continue  # what the worker decoded before it saw the cancel
-                tokens.append(token)
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                tokens += chunk
+                text = self.tokenizer.decode(tokens[start:], skip_special_tokens=True)
                 if text.endswith("\ufffd"):
                     continue  # a character cut between tokens: wait for the rest of its bytes
-                piece, shown = text[len(shown):], text
+                piece = text[len(before):]
+                start, done = done, len(tokens)
+                before = self.tokenizer.decode(tokens[start:done], skip_special_tokens=True)
                 out = self._filter.feed(piece)
                 if self._filter.stopped:
                     self.cancel()
@@ -374,6 +390,11 @@ class BatchedStream:
                     yield out
         finally:
             self._drained = True
+        if len(tokens) > done and not self._filter.stopped:  # the reply ended inside a character: show what is there
+            out = self._filter.feed(self.tokenizer.decode(tokens[start:], skip_special_tokens=True)[len(before):])
+            if out:
+                self._pieces.append(out)
+                yield out
         tail = "" if self._filter.stopped else self._filter.flush()
         if tail:
             self._pieces.append(tail)

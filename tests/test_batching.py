@@ -7,9 +7,11 @@ import time
 import pytest
 import torch
 
+from transformers import AutoTokenizer
+
 from conftest import tiny_config
-from model import MiniMindForCausalLM
-from inference.batching import Batcher, sample_rows
+from model import TOKENIZER_DIR, MiniMindForCausalLM
+from inference.batching import Batcher, BatchedStream, Sequence, sample_rows
 
 VOCAB = 300
 
@@ -168,3 +170,40 @@ def test_sample_rows_follows_each_rows_distribution(top_k_first):
         exact = torch.zeros(12, dtype=torch.double)
         exact[keep] = probs[keep] / probs[keep].sum()
         assert (freq - exact).abs().max() < 2 / M, f"row {r}"
+
+
+class ScriptedRows:
+    """A stand-in for a Batcher whose every sequence yields `tokens` in chunks of `size` and then ends."""
+
+    def __init__(self, tokens, size):
+        self.tokens, self.size = tokens, size
+
+    def submit(self, prompt_ids, **settings):
+        tokens, size = self.tokens, self.size
+
+        class Scripted(Sequence):
+            def chunks(self):
+                for i in range(0, len(tokens), size):
+                    self.tokens += tokens[i:i + size]
+                    yield tokens[i:i + size]
+
+        sequence = Scripted(prompt_ids, settings["max_new_tokens"], 0.0, 1.0, 1.0, None, [])
+        sequence.done.set()
+        return sequence
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_stream_pieces_join_to_the_decoded_text(size):
+    """Characters split across byte-level tokens are held back until whole; the pieces join to the whole decode,
+    also when the reply is cut inside a character and when a stop string ends it."""
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    ids = tokenizer.encode("你好，世界！🙂 ok\n第二行", add_special_tokens=False)
+    assert any("\ufffd" in tokenizer.decode(ids[:k]) for k in range(1, len(ids)))  # some character spans tokens
+    for cut in (len(ids), len(ids) - 1):
+        whole = tokenizer.decode(ids[:cut])
+        stream = BatchedStream(ScriptedRows(ids[:cut], size), tokenizer, "hi", max_new_tokens=100)
+        pieces = list(stream)
+        assert "".join(pieces) == whole == stream.text and stream.completion_tokens == cut
+        assert all("\ufffd" not in p for p in pieces[:-1]) and len(pieces) > 6 // size
+    stream = BatchedStream(ScriptedRows(ids, size), tokenizer, "hi", max_new_tokens=100, stop="世界")
+    assert stream.run() == "你好，" and stream.finish_reason == "stop"

@@ -252,6 +252,9 @@ class APIServer(ThreadingHTTPServer):
     connections and waits for their handler threads, so no thread outlives the server holding a model."""
 
     daemon_threads = True
+    # connections the kernel holds before accept(): socketserver's 5 made a burst of 16 clients wait for TCP's
+    # 1 s SYN retry (or be reset) while the accept loop was busy
+    request_queue_size = 128
 
     def __init__(self, address, models: dict, defaults: dict, quiet: bool = False, web: bool = True,
                  tools: ServerTools | None = None):

@@ -703,21 +703,26 @@ def bench_server(args, preset: str) -> dict:
                           "messages": [{"role": "user", "content": f"Tell me about {topics[i % 8]}" + " please" * (i % 5)}]}
                          ).encode() for i in range(max(args.server_clients))]
     out = {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()), "clients": {}}
+    # the clients run in a process of their own, as real clients would: reading their streams does not compete
+    # with the server for its interpreter
+    import multiprocessing
+    pool = multiprocessing.get_context("spawn").Pool(1)
     try:
-        _clients(server.port, bodies[:2], concurrent=True)  # warm-up
+        pool.apply(_clients, (server.port, bodies[:2], True))  # warm-up
         for n in args.server_clients:
             times = {"sequential": [], "concurrent": []}
             tokens = None
             for rep in range(args.server_reps):
                 for mode in (["sequential", "concurrent"] if rep % 2 == 0 else ["concurrent", "sequential"]):
                     log(f"server {preset}: {n} client(s), {mode} ...")
-                    seconds, got = _clients(server.port, bodies[:n], concurrent=mode == "concurrent")
+                    seconds, got = pool.apply(_clients, (server.port, bodies[:n], mode == "concurrent"))
                     times[mode].append(seconds)
                     tokens = got
             seq, con = statistics.median(times["sequential"]), statistics.median(times["concurrent"])
             out["clients"][n] = {"tokens": tokens, "sequential_tok_s": round(tokens / seq, 1),
                                  "concurrent_tok_s": round(tokens / con, 1), "ratio": round(seq / con, 2)}
     finally:
+        pool.terminate()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -30,10 +30,10 @@ def prompt(n, seed):
     return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def alone(model, ids, max_new_tokens):
+def alone(model, ids, max_new_tokens, **kwargs):
     """Greedy continuation of one unpadded prompt by transformers' generate (no end token)."""
     out = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
-                         pad_token_id=0, eos_token_id=None)
+                         pad_token_id=0, eos_token_id=None, **kwargs)
     return out[0, len(ids):].tolist()
 
 
@@ -114,15 +114,17 @@ def test_per_row_settings_hold_in_a_shared_batch(model):
         greedy = batcher.submit(ids, max_new_tokens=20)
         hot = [batcher.submit(ids, max_new_tokens=20, temperature=1.5, top_p=1.0, seed=s) for s in (1, 2)]
         nucleus = batcher.submit(ids, max_new_tokens=20, temperature=1.0, top_p=0.3, seed=1)
-        rows = [greedy_short, greedy, *hot, nucleus]
+        penalized = batcher.submit(ids, max_new_tokens=20, repetition_penalty=1.5)
+        rows = [greedy_short, greedy, *hot, nucleus, penalized]
         results = [list(s) for s in rows]
         # the same seeded request alone gives the same tokens: its randomness is its own, not the batch's
         again = list(batcher.submit(ids, max_new_tokens=20, temperature=1.5, top_p=1.0, seed=1))
     finally:
         batcher.stop()
     want = alone(model, ids, 20)
-    assert [len(r) for r in results] == [5, 20, 20, 20, 20]
+    assert [len(r) for r in results] == [5, 20, 20, 20, 20, 20]
     assert results[0] == want[:5] and results[1] == want
+    assert results[5] == alone(model, ids, 20, repetition_penalty=1.5) != want  # transformers' penalty rule
     assert results[2] != want and results[2] != results[3] and again == results[2]
     assert results[2] == hot[0].tokens
     # every token of the top_p 0.3 row lies in its step's nucleus, recomputed by one full forward over the reply

@@ -8,9 +8,9 @@ feeds the last token of every active row through the model at once, samples each
 ends (an end token, its max_new_tokens, or a cancel: a client that went away frees its row at the next step).
 
 Why it scales: on a CPU, decoding one token for one sequence is almost all per-token overhead (Python, kernel
-launches, reading the weights); a forward over 16 rows costs little more than over one. Threads that each run their
-own `generate` instead fight over the interpreter and the cores (16 concurrent chats finished at 0.31x the
-throughput of the same chats sent one after another, before this).
+launches, reading the weights); a forward over 16 rows of the demo model costs about twice one row's. Threads that
+each run their own `generate` instead fight over the interpreter and the cores (16 concurrent chats finished at
+0.31x the throughput of the same chats sent one after another, before this; `scripts/bench.py --server` measures it).
 
 The KV cache (RowCache) keeps all rows at one shared length, like the engine's StaticCache: every row writes its
 new token at the same column. A row that joins later has fewer filled positions, so its prompt is placed right-

@@ -8,6 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import torch
+
 from .batching import BatchedStream, Batcher
 from .chat_format import THINK_OPEN, TOOL_CALL_OPEN, AssistantReply, FormatError, normalize_call, parse_assistant
 from .checkpoints import ModelNotFound, chats, resolve_lora_path, resolve_model_path
@@ -24,11 +26,14 @@ THINKING_KWARGS = ("open_thinking", "enable_thinking")  # MiniMind-3's name, vLL
 
 class ServedModel:
     """A loaded model with its tokenizer, its id, and the Batcher that decodes its concurrent requests together
-    (at most `max_batch` at a time; more wait for a free row)."""
+    (at most `max_batch` at a time; more wait for a free row). `compile`: the batcher runs the model through
+    torch.compile (dynamic shapes): on this project's CPU ~1.3x faster decode steps, after ~2-5 minutes of
+    compiling during the first requests, so it pays for a long-running server only."""
 
-    def __init__(self, model_id: str, model, tokenizer, chat: bool = True, max_batch: int = 32):
+    def __init__(self, model_id: str, model, tokenizer, chat: bool = True, max_batch: int = 32, compile: bool = False):
         self.id, self.model, self.tokenizer, self.chat = model_id, model, tokenizer, chat
-        self.batcher = Batcher(model, tokenizer, max_rows=max_batch)
+        runner = torch.compile(model, dynamic=True) if compile else model
+        self.batcher = Batcher(runner, tokenizer, max_rows=max_batch)
         self.created = int(time.time())
         self.context = getattr(model.config, "max_position_embeddings", None) or 32768
 
@@ -51,7 +56,8 @@ class ServedModel:
 
 
 def load_served_models(model_paths=None, model_mode: int = 1, lora_name=None, out_dir="out", dim: int = 512,
-                       use_moe: bool = False, device="auto", dtype="auto", log=None, max_batch: int = 32) -> dict:
+                       use_moe: bool = False, device="auto", dtype="auto", log=None, max_batch: int = 32,
+                       compile: bool = False) -> dict:
     """Several model folders, or the --model_mode/--lora_name lookup: {id: ServedModel}. A model's id is its
     folder name (+ the adapter's); `log` gets one line per loaded model."""
     paths = [resolve_model_path(p) for p in model_paths] if model_paths else \
@@ -68,7 +74,8 @@ def load_served_models(model_paths=None, model_mode: int = 1, lora_name=None, ou
         model, tokenizer = load_model(path, lora, device, pick_dtype(dtype, device))
         if log:
             log(describe(model, path, lora))
-        models[model_id] = ServedModel(model_id, model, tokenizer, chat=chats(model_mode), max_batch=max_batch)
+        models[model_id] = ServedModel(model_id, model, tokenizer, chat=chats(model_mode), max_batch=max_batch,
+                                       compile=compile)
     return models
 
 

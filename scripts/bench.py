@@ -95,7 +95,8 @@ def parse_args(argv=None):
                    help="precision of the packing runs (default: bfloat16 when benchmarked, else float32)")
     p.add_argument("--cache_dir", default=None, help="datasets cache for the tokenized jsonl (default: datasets' own)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: peak, train, memory, generation, packing")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models for the training steps")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both models for the training steps (with --server: the served model)")
     p.add_argument("--fused_adam", action="store_true",
                    help="AdamW(fused=True) for both models (default: torch's default, a per-tensor loop on CPU)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, seq 32, batch 2, 2 steps, 8 new tokens")
@@ -692,7 +693,7 @@ def bench_server(args, preset: str) -> dict:
     tokenizer = load_tokenizer()
     # a random model seldom writes its end token; the end token is ignored so every request runs to max_tokens
     model.generation_config.eos_token_id = None
-    served = ServedModel(preset, model, tokenizer, max_batch=max(args.server_clients))
+    served = ServedModel(preset, model, tokenizer, max_batch=max(args.server_clients), compile=args.compile)
     served.batcher.eos_ids = []
     server = make_server([served], "127.0.0.1", 0, quiet=True, web=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -708,7 +709,9 @@ def bench_server(args, preset: str) -> dict:
     import multiprocessing
     pool = multiprocessing.get_context("spawn").Pool(1)
     try:
-        pool.apply(_clients, (server.port, bodies[:2], True))  # warm-up
+        for n in (1, max(args.server_clients)) if args.compile else (2,):  # warm-up (compiles one- and many-row steps)
+            log(f"server {preset}: warm-up with {n} client(s) ...")
+            pool.apply(_clients, (server.port, bodies[:n], True))
         for n in args.server_clients:
             times = {"sequential": [], "concurrent": []}
             tokens = None
@@ -731,7 +734,7 @@ def bench_server(args, preset: str) -> dict:
 
 def print_server(results, config):
     print(f"server throughput, new tokens/s (random models, fp32, {config['threads']} thread(s), "
-          f"{config['server_tokens']} greedy tokens per request, streaming):")
+          f"{config['server_tokens']} greedy tokens per request, streaming{', compiled' if config['compile'] else ''}):")
     print(f"  {'preset':<8} {'clients':>7} {'sequential':>11} {'concurrent':>11} {'ratio':>6}")
     for r in results:
         for n, c in r["clients"].items():

@@ -117,6 +117,20 @@ def _forward(model, input_ids, mask, positions, cache):
     return out.logits[:, -1]
 
 
+def prefill(model, input_ids, prompt_mask):
+    """Run B left-padded prompts (input_ids (B, P), prompt_mask (B, P) bool, False on padding) through the model:
+    (the last position's logits (B, vocab), a StaticCache holding their P positions). Attention is causal over
+    real tokens (a padding query sees itself only, so no row is empty) and positions count real tokens only."""
+    B, P = input_ids.shape
+    device = input_ids.device
+    positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+    prefill_mask = (causal[None] & prompt_mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
+    cache = StaticCache(model.config.num_hidden_layers, B, P)
+    logits = _forward(model, input_ids, prefill_mask[:, None], positions, cache)
+    return logits, cache
+
+
 @torch.no_grad()
 def generate_batch(model, input_ids, attention_mask=None, *, num_samples: int = 1, max_new_tokens: int = 128,
                    eos_token_ids=(), pad_token_id: int = 0, temperature: float = 0.0, top_p: float = 1.0,
@@ -136,17 +150,10 @@ def generate_batch(model, input_ids, attention_mask=None, *, num_samples: int = 
     device = input_ids.device
     prompt_mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).bool()
     eos = torch.as_tensor(list(eos_token_ids), dtype=torch.long, device=device)
-    config = model.config
     was_training = model.training
     model.eval()
     try:
-        # prefill the B distinct prompts: causal attention over real tokens (a padding query sees itself only,
-        # so no row is empty), positions counted over real tokens
-        positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        prefill_mask = (causal[None] & prompt_mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
-        prefill_cache = StaticCache(config.num_hidden_layers, B, P)
-        logits = _forward(model, input_ids, prefill_mask[:, None], positions, prefill_cache)
+        logits, prefill_cache = prefill(model, input_ids, prompt_mask)
 
         # every sample row gets a copy of its prompt's keys/values, last logits, padding mask and next position
         cache = prefill_cache.expanded(G, P + max_new_tokens)

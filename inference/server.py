@@ -1,6 +1,7 @@
 """The HTTP side of the OpenAI-compatible server: routes, keep-alive, streaming as server-sent events, client
 disconnects, the chat page and its Content-Security-Policy. Requests are validated and answered by
-inference/openai_api.py; generation is inference/generation.py's."""
+inference/openai_api.py; generation is inference/batching.py's (each model's concurrent requests decoded in one
+batch by one worker thread; the handler threads only wait for their tokens and write them out)."""
 import base64
 import hashlib
 import json
@@ -15,9 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import torch
-
-from .generation import GenerationStream
+from .batching import BatchedStream
 from .openai_api import (APIError, ChatRequest, ServerTools, StreamDeltas, chunk_body, completion_body, finish_reason,
                          parse_chat_request, usage)
 
@@ -203,33 +202,28 @@ class Handler(BaseHTTPRequestHandler):
                                 f"and max_tokens asks for {req.max_tokens}", param="messages",
                            code="context_length_exceeded")
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        with served.lock:  # one generation per model at a time; other requests queue here
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-            stream = GenerationStream(served.model, served.tokenizer, prompt, max_new_tokens=req.max_tokens,
-                                      temperature=req.temperature, top_p=req.top_p,
-                                      repetition_penalty=req.repetition_penalty, stop=req.stop)
-            try:
-                if req.stream:
-                    self.stream_events(cid, created, req, stream)
-                else:
-                    stream.run()
-                    self.send_json(200, completion_body(cid, created, req, stream))
-            except ClientGone:
-                raise
-            except Exception as e:  # a failure inside generation: report it, keep serving
-                self.log_error("generation failed: %r", e)
-                error = APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error")
-                if req.stream:
-                    self.send_event(error.body())
-                    self.send_event(b"[DONE]")
-                    self.write_chunk(b"")
-                else:
-                    self.send_json(500, error.body())
-            finally:
-                stream.close()  # the generation thread is done before the next request takes the model
+        stream = served.stream(req, prompt)  # decoded in one batch with the model's other requests
+        try:
+            if req.stream:
+                self.stream_events(cid, created, req, stream)
+            else:
+                stream.run()
+                self.send_json(200, completion_body(cid, created, req, stream))
+        except ClientGone:
+            raise
+        except Exception as e:  # a failure inside generation: report it, keep serving
+            self.log_error("generation failed: %r", e)
+            error = APIError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error")
+            if req.stream:
+                self.send_event(error.body())
+                self.send_event(b"[DONE]")
+                self.write_chunk(b"")
+            else:
+                self.send_json(500, error.body())
+        finally:
+            stream.close()  # a client that left (or a stop string) frees its row in the batch
 
-    def stream_events(self, cid, created, req: ChatRequest, stream: GenerationStream):
+    def stream_events(self, cid, created, req: ChatRequest, stream: BatchedStream):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -258,6 +252,9 @@ class APIServer(ThreadingHTTPServer):
     connections and waits for their handler threads, so no thread outlives the server holding a model."""
 
     daemon_threads = True
+    # connections the kernel holds before accept(): socketserver's 5 made a burst of 16 clients wait for TCP's
+    # 1 s SYN retry (or be reset) while the accept loop was busy
+    request_queue_size = 128
 
     def __init__(self, address, models: dict, defaults: dict, quiet: bool = False, web: bool = True,
                  tools: ServerTools | None = None):
@@ -297,6 +294,8 @@ class APIServer(ThreadingHTTPServer):
             except OSError:
                 pass
         super().server_close()  # ThreadingMixIn joins the handler threads here
+        for served in self.models.values():
+            served.batcher.stop()  # its worker thread ends; a later request would start a new one
 
 
 def make_server(models, host: str = "127.0.0.1", port: int = 8998, *, temperature: float = 0.85, top_p: float = 0.85,

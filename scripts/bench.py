@@ -15,6 +15,9 @@ Measures, for one preset/shape, device, dtype and thread count:
   loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
   checkpointing (--grad_ckpt) peak step memory and step time with and without activation checkpointing, by
               default on the base preset at seq 1024 (RSS on CPU, max_memory_allocated on CUDA)
+  server      (--server) the OpenAI-compatible server (scripts/serve_openai_api.py's, a random model of each
+              preset): new tokens/s of 1, 4 and 16 streaming clients at once against the same requests sent one
+              after another, in the same run; the server decodes concurrent requests in one batch
 
 FLOPs per trained token = 6·N + 12·L·T·d, with N the parameters that take part in a matmul (every Linear,
 the tied LM head counted once; the embedding lookup and the norms are left out), L layers, T the sequence
@@ -30,6 +33,7 @@ Examples:
     python scripts/bench.py --grad_ckpt           # activation checkpointing: memory saved, time it costs
     python scripts/bench.py --rollout --skip peak,train,generation,packing --dtype float32   # rollouts only
     python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
+    python scripts/bench.py --server demo,small   # server throughput, concurrent vs sequential clients
 """
 import argparse
 import contextlib
@@ -105,7 +109,8 @@ def parse_args(argv=None):
                    help="precision of the packing runs (default: bfloat16 when benchmarked, else float32)")
     p.add_argument("--cache_dir", default=None, help="datasets cache for the tokenized jsonl (default: datasets' own)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: peak, train, memory, generation, packing")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models for the training steps")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both models for the training steps (with --server: the served model)")
     p.add_argument("--fused_adam", action="store_true",
                    help="AdamW(fused=True) for both models (default: torch's default, a per-tensor loop on CPU)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, seq 32, batch 2, 2 steps, 8 new tokens")
@@ -118,6 +123,13 @@ def parse_args(argv=None):
                    help="only measure activation checkpointing: peak step memory and median step time (--steps) "
                         "without and with it, on --config (default base) at --seq_len (default 1024), in --dtype "
                         "(default bfloat16 where native, else float32)")
+    p.add_argument("--server", nargs="?", const="demo", default=None, metavar="PRESETS",
+                   help="only measure the HTTP server: comma-separated presets (default demo), each a random model "
+                        "served on a free port; --server_clients streaming clients at once vs the same requests one "
+                        "after another (fp32, --threads torch threads)")
+    p.add_argument("--server_clients", default="1,4,16", help="comma-separated numbers of concurrent clients")
+    p.add_argument("--server_tokens", type=int, default=64, help="new tokens per request (greedy, min = max)")
+    p.add_argument("--server_reps", type=int, default=2, help="repetitions of each measurement (median reported)")
     p.add_argument("--pretrain_data", default=str(DEFAULT_KIT / "pretrain.jsonl"))
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss curves")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the loss-curve runs (cosine to a tenth)")
@@ -140,6 +152,7 @@ def parse_args(argv=None):
     args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b]
     args.rollout_configs = [c for c in args.rollout_configs.split(",") if c]
     args.rollout_groups = [int(g) for g in args.rollout_groups.split(",") if g]
+    args.server_clients = [int(n) for n in args.server_clients.split(",") if n]
     return args
 
 
@@ -743,6 +756,126 @@ def bench_checkpointing(args, shape, device, dtype_name):
     return res
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the server
+
+
+def _stream_chat(port: int, body: bytes) -> int:
+    """One streamed chat completion over a fresh connection, read to [DONE]: its completion tokens (from usage)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"server answered {response.status}: {response.read()[:300]!r}")
+        tokens = None
+        for line in response:
+            if not line.startswith(b"data: "):
+                continue
+            payload = line[6:].strip()
+            if payload == b"[DONE]":
+                break
+            usage = json.loads(payload).get("usage")
+            if usage:
+                tokens = usage["completion_tokens"]
+        return tokens
+    finally:
+        conn.close()
+
+
+def _clients(port: int, bodies, concurrent: bool) -> tuple[float, int]:
+    """(wall seconds, completion tokens) of sending `bodies` one after another or all at once (one thread each)."""
+    import threading
+    if not concurrent:
+        start = time.perf_counter()
+        tokens = sum(_stream_chat(port, body) for body in bodies)
+        return time.perf_counter() - start, tokens
+    counts, errors = [0] * len(bodies), []
+    barrier = threading.Barrier(len(bodies) + 1)
+
+    def client(i):
+        barrier.wait()
+        try:
+            counts[i] = _stream_chat(port, bodies[i])
+        except Exception as e:  # re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds, sum(counts)
+
+
+def bench_server(args, preset: str) -> dict:
+    """Throughput (new tokens/s) of the server with N streaming clients at once vs the same N requests sent one
+    after another, for each N in --server_clients; the two orders alternate across --server_reps repetitions."""
+    import threading
+    from model import MiniMindConfig, MiniMindForCausalLM
+    from inference.openai_api import ServedModel
+    from inference.server import make_server
+    torch.manual_seed(args.seed)
+    model = MiniMindForCausalLM(MiniMindConfig(**model_shape(preset))).eval()
+    tokenizer = load_tokenizer()
+    # a random model seldom writes its end token; the end token is ignored so every request runs to max_tokens
+    model.generation_config.eos_token_id = None
+    served = ServedModel(preset, model, tokenizer, max_batch=max(args.server_clients), compile=args.compile)
+    served.batcher.eos_ids = []
+    server = make_server([served], "127.0.0.1", 0, quiet=True, web=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    topics = ["the weather", "a cat", "rivers", "bread", "music", "the moon", "trains", "gardens"]
+    bodies = [json.dumps({"model": preset, "stream": True, "stream_options": {"include_usage": True},
+                          "temperature": 0, "max_tokens": args.server_tokens,
+                          "messages": [{"role": "user", "content": f"Tell me about {topics[i % 8]}" + " please" * (i % 5)}]}
+                         ).encode() for i in range(max(args.server_clients))]
+    out = {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()), "clients": {}}
+    # the clients run in a process of their own, as real clients would: reading their streams does not compete
+    # with the server for its interpreter
+    import multiprocessing
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        for n in (1, max(args.server_clients)) if args.compile else (2,):  # warm-up (compiles one- and many-row steps)
+            log(f"server {preset}: warm-up with {n} client(s) ...")
+            pool.apply(_clients, (server.port, bodies[:n], True))
+        for n in args.server_clients:
+            times = {"sequential": [], "concurrent": []}
+            tokens = None
+            for rep in range(args.server_reps):
+                for mode in (["sequential", "concurrent"] if rep % 2 == 0 else ["concurrent", "sequential"]):
+                    log(f"server {preset}: {n} client(s), {mode} ...")
+                    seconds, got = pool.apply(_clients, (server.port, bodies[:n], mode == "concurrent"))
+                    times[mode].append(seconds)
+                    tokens = got
+            seq, con = statistics.median(times["sequential"]), statistics.median(times["concurrent"])
+            out["clients"][n] = {"tokens": tokens, "sequential_tok_s": round(tokens / seq, 1),
+                                 "concurrent_tok_s": round(tokens / con, 1), "ratio": round(seq / con, 2)}
+    finally:
+        pool.terminate()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    return out
+
+
+def print_server(results, config):
+    print(f"server throughput, new tokens/s (random models, fp32, {config['threads']} thread(s), "
+          f"{config['server_tokens']} greedy tokens per request, streaming{', compiled' if config['compile'] else ''}):")
+    print(f"  {'preset':<8} {'clients':>7} {'sequential':>11} {'concurrent':>11} {'ratio':>6}")
+    for r in results:
+        for n, c in r["clients"].items():
+            print(f"  {r['preset']:<8} {n:>7} {c['sequential_tok_s']:>11} {c['concurrent_tok_s']:>11} {c['ratio']:>5}x")
+    for note in config.get("notes", []):
+        print(f"  note: {note}")
+
+
 def print_checkpointing(r):
     c = r["config"]
     what = "RSS above the idle process" if c["device"] == "cpu" else "max_memory_allocated above the idle model"
@@ -887,6 +1020,17 @@ def main(argv=None):
               "torch": torch.__version__, "transformers": transformers.__version__,
               "cpu_count": os.cpu_count(), "loadavg_start": round(load_start, 2),
               "peak_size": args.peak_size or (8192 if device.type == "cuda" else 2048)}
+
+    if args.server:
+        config.update(server_tokens=args.server_tokens, server_reps=args.server_reps)
+        results = [bench_server(args, preset) for preset in args.server.split(",") if preset]
+        busy_note(config, notes, "the absolute rates are noisy; each ratio compares runs interleaved in time")
+        config["notes"] = notes
+        if args.json:
+            print(json.dumps({"config": config, "server": results}))
+        else:
+            print_server(results, config)
+        return results
 
     if args.grad_ckpt:
         dtype_name = args.dtype if args.dtype in DTYPES else ("bfloat16" if has_bf16 else "float32")

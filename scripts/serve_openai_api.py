@@ -26,8 +26,10 @@
   client.chat.completions.create(model="full_sft_512", messages=[{"role": "user", "content": "你好"}])
 
 Sampling settings a request leaves out take this server's --temperature/--top_p/--max_new_tokens;
-temperature 0 means greedy decoding. Each model answers one request at a time (a lock per model; other
-requests wait their turn), so answers never mix. A pretrained model (--model_mode 0) continues the last
+temperature 0 means greedy decoding. Each model decodes its concurrent requests together (continuous batching,
+inference/batching.py: a request joins the running batch between two tokens and leaves it when it ends or its
+client hangs up; up to --max_batch at once, later ones wait for a free row), each with its own sampling settings;
+a request's greedy answer is the same as when it is served alone. A pretrained model (--model_mode 0) continues the last
 message as plain text. The think part of a reply (<think>…</think>, also MiniMind2's <think>…</think><answer>…
 </answer>) comes back as reasoning_content; <tool_call> blocks come back as tool_calls when the request offers
 tools, else stay in the content as written. tool_choice "required" or a named function opens the call in the
@@ -58,12 +60,19 @@ def parse_args(argv=None):
     g.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     g.add_argument("--port", type=int, default=8998, help="port to listen on (0: any free port)")
     g.add_argument("--quiet", action="store_true", help="do not log each request")
+    g.add_argument("--max_batch", type=int, default=32,
+                   help="requests a model decodes at once (more wait for a free row); 1 serves them one at a time")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for decoding: ~1.3x faster steps on a CPU once compiled, but the "
+                        "first requests wait minutes for the compile; worth it for a long-running server only")
     g.add_argument("--no_web", action="store_true", help="do not serve the browser chat page at / (the API only)")
     g.add_argument("--tools", default=None, metavar="SPEC",
                    help="tools the server runs for its chat page, which offers them to the model and shows the calls "
                         "and results: `all` built-in demo tools, names separated by commas, or a JSON file of schemas "
                         "(API clients always run their own tools; this does not change the API)")
     args = parser.parse_args(argv)
+    if args.max_batch < 1:
+        parser.error("--max_batch must be >= 1")
     if args.max_new_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 <= args.top_p <= 1:
         parser.error("need --max_new_tokens >= 1, 0 <= --temperature <= 2 and 0 <= --top_p <= 1")
     return args
@@ -84,7 +93,8 @@ def main(argv=None) -> int:
     quiet_libraries()
     try:
         models = load_served_models(args.model_path, args.model_mode, args.lora_name, args.out_dir, args.dim,
-                                    args.use_moe, args.device, args.dtype, log=lambda line: print(line, file=sys.stderr))
+                                    args.use_moe, args.device, args.dtype, log=lambda line: print(line, file=sys.stderr),
+                                    max_batch=args.max_batch, compile=args.compile)
     except ModelNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -73,3 +73,15 @@ def test_bench_grad_ckpt_reports_memory_and_time_with_and_without():
     for mode in ("without", "with"):
         assert result[mode]["step_ms"] > 0 and result[mode]["step_mem_mib"] is not None
     assert result["time_cost"] == round(result["with"]["step_ms"] / result["without"]["step_ms"] - 1, 4)
+
+
+def test_bench_server_reports_sequential_and_concurrent_rates():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--server", "tiny", "--json", "--threads", "1",
+           "--server_clients", "1,3", "--server_tokens", "4", "--server_reps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(proc.stdout)["server"]
+    assert result["preset"] == "tiny" and set(result["clients"]) == {"1", "3"}
+    for n, r in result["clients"].items():
+        assert r["tokens"] == 4 * int(n)  # every request ran to max_tokens
+        assert r["sequential_tok_s"] > 0 and r["concurrent_tok_s"] > 0 and r["ratio"] > 0

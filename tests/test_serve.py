@@ -226,13 +226,56 @@ def test_client_leaving_mid_stream_cancels_generation(client, served):
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 10
-        while not models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+        while not models["tiny-a"].batcher.active and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert models["tiny-a"].batcher.active == 1
     deadline = time.monotonic() + 10
-    while models["tiny-a"].lock.locked() and time.monotonic() < deadline:
+    while models["tiny-a"].batcher.active and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not models["tiny-a"].lock.locked(), "generation went on after the client left"
+    assert not models["tiny-a"].batcher.active, "generation went on after the client left"
     assert ask(client, "hi").choices[0].message.content == expected(models["tiny-a"], "hi")
+
+
+def test_concurrent_streams_are_batched_and_one_leaving_spares_the_others(client, served):
+    """Eight streaming clients at once: each gets its greedy answer as if alone (computed in-process by transformers'
+    generate), they share the model's batch, and a ninth client that hangs up mid-stream leaves them unharmed."""
+    models, port = served
+    texts = [f"question {i}: {'why ' * i}" for i in range(8)]
+    wanted = [expected(models["tiny-a"], text, max_tokens=24) for text in texts]
+    rows = []
+    hook = models["tiny-a"].model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    results, errors = [None] * len(texts), []
+    start = threading.Barrier(len(texts) + 1)
+
+    def worker(i):
+        try:
+            start.wait()
+            results[i] = streamed_text(client, texts[i], max_tokens=24)[0]
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    body = json.dumps({"model": "tiny-a", "stream": True, "max_tokens": 30000, "temperature": 0,
+                       "messages": [{"role": "user", "content": "leaving"}]}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            start.wait()
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        hook.remove()
+    assert not errors and results == wanted
+    assert max(rows) >= 4  # decoded together, not one after another
+    deadline = time.monotonic() + 10
+    while models["tiny-a"].batcher.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not models["tiny-a"].batcher.active
 
 
 def test_cli_missing_checkpoint_is_one_line(tmp_path):

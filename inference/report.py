@@ -552,7 +552,7 @@ def measure_demo_agent(folder, tools_file, tools: dict) -> dict:
 
     records = [r for r in read_tool_file(tools_file) if r["tools"]]  # the thinking prompts are not its target
     model, tokenizer = load_model(folder)
-    after = measure_tool_use(model, tokenizer, records)
+    after = measure_tool_use(model, tokenizer, records, without_tools=False)
     before = tools["after"]
     return {"before_model": tools["after_model"], "after_model": "agent", "tasks": len(records),
             "before": {m: before["measures"].get(m) for m in AGENT_MEASURES},

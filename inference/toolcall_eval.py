@@ -142,9 +142,9 @@ def _share(flags):
 
 
 def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_new_tokens: int = 80,
-                     progress: bool = False, generate_fn=None) -> dict:
+                     progress: bool = False, generate_fn=None, without_tools: bool = True) -> dict:
     """The measures of the module docstring on `records` (read_tool_file's), greedy. `generate_fn(prompt) -> text`
-    replaces the model (tests, other back ends). Returns {"measures": {name: share or None}, "counts": {...},
+    replaces the model (tests, other back ends); `without_tools=False` skips asking the questions without tools. Returns {"measures": {name: share or None}, "counts": {...},
     "by_kind": {kind: {name: share}}, "settings": {...}, "tasks": [...]}."""
     greedy = dict(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
     if generate_fn is None:
@@ -171,7 +171,7 @@ def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_
                 right_arguments=bool(first.tool_calls) and bool(expected) and calls_match(first.tool_calls[0], expected[0]),
                 right_calls=len(made) == len(expected) and all(calls_match(g, e) for g, e in zip(made, expected)),
                 answer_with_tools=answer_correct(loop.answer, record["answer"]) if record["answer"] else None)
-            if record["answer"]:
+            if record["answer"] and without_tools:
                 plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
                 bare = generate_fn(render_prompt(tokenizer, plain, None, False))
                 task.update(answer_no_tools_reply=bare,

@@ -70,7 +70,7 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
 
 # The agent stage's budget in the demo: a few optimizer steps (each rolls out 4 tasks x 8 trajectories with the tool
 # calls run), about 30 s on a 2-core CPU. README "Agentic RL" gives what it buys at this size and at more steps.
-AGENT_STEPS = 4
+AGENT_STEPS = 3
 
 
 def agent_command(tasks, max_steps: int = 0) -> list[str]:

@@ -199,3 +199,57 @@ def test_train_agent_program_on_the_demo_tasks(tmp_path, demo, tok, capsys):
     assert {"reward_answer", "reward_calls", "reward_format", "reward_unfinished", "tool_calls", "finished"} <= rows[0].keys()
     # the penalty is -1 per unfinished trajectory: its mean is the finished share minus 1
     assert all(r["reward_unfinished"] == pytest.approx(r["finished"] - 1) for r in rows)
+
+
+def test_stage_loss_is_the_policy_gradient_of_the_sampled_tokens_only(tok):
+    """The stage's loss (padded batch, output layer only from the first reply on, no padding mask) has the gradient
+    of -Σ advantage × mean log-prob of each trajectory's sampled tokens, computed one trajectory at a time."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_config
+    from model import MiniMindForCausalLM
+    from trainer.agent import Agent, AgentCollator
+    from trainer.losses import group_advantages
+
+    class ByCountry:  # samples alternate between two countries; the answer repeats the tool's result
+        def __call__(self, contexts, num_samples):
+            out = []
+            for context in contexts:
+                text = tok.decode(context)
+                for g in range(num_samples):
+                    if "<tool_response>" in text:
+                        reply = f"The capital is {'Paris' if 'Paris' in text.rsplit('<tool_response>', 1)[1] else 'Rome'}."
+                    else:
+                        reply = call_text("get_capital", {"country": "France" if g % 2 == 0 else "Italy"})
+                    out.append((tok.encode(reply, add_special_tokens=False) + [tok.eos_token_id], True))
+            return out
+
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(vocab_size=len(tok)))
+    settings = SimpleNamespace(num_generations=4, max_tool_turns=2, max_new_tokens=64, max_seq_len=2048,
+                               temperature=1.0, top_p=1.0, clip_eps=0.2, beta=0.0, rewards="answer",
+                               format_weight_start=1.0, open_thinking=False)
+    stage = Agent()
+    stage.setup(settings, model, tok, None)
+    stage.generator = lambda model, args: ByCountry()
+    prompt = tok(tok.apply_chat_template(TASK["messages"], tools=TASK["tools"], tokenize=False, add_generation_prompt=True,
+                                         open_thinking=False), add_special_tokens=False)["input_ids"]
+    batch = AgentCollator(4)([[{"task": TASK, "input_ids": prompt}]] * 2)
+    trajectories, scores = stage.rollout(model, batch, settings)
+    assert scores[:, 0].tolist() == [1.0, 0.0] * 4  # France → Paris is right; Italy → Rome is not
+
+    loss, sums = stage.loss(model, batch, settings)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    advantages = group_advantages(scores[:, 0], 4)
+    naive = 0
+    for t, advantage in zip(trajectories, advantages):
+        ids = torch.tensor([t.ids])
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        sampled = torch.tensor(t.generated[1:])
+        naive = naive - advantage * logprobs[sampled].mean()
+    naive.backward()
+    for g, p in zip(got, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-6, rtol=1e-4)
+    assert sums["tool_calls"].item() == 8 and sums["finished"].item() == 8

@@ -333,8 +333,9 @@ class Agent(GRPO):
         # position t predicts token t + 1, and only the sampled tokens are scored: the output layer runs on the
         # positions from the earliest first reply of the batch on (the prompts, most of each row, are skipped)
         keep = ids.shape[1] - min(t.generated.index(True) for t in trajectories)
-        inputs = dict(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=position_ids[:, :-1],
-                      use_cache=False, logits_to_keep=keep)
+        # no padding mask: the rows are right-padded, so causal attention alone keeps every real token from seeing
+        # a pad (the pads' own outputs are not scored), and the attention runs without a (T, T) mask per row
+        inputs = dict(input_ids=ids[:, :-1], position_ids=position_ids[:, :-1], use_cache=False, logits_to_keep=keep)
         loss_mask = generated[:, -keep:]
         targets = ids[:, -keep:].masked_fill(~loss_mask, losses.IGNORE)
         logprobs = -losses.token_cross_entropy(model(**inputs).logits, targets)

@@ -52,6 +52,7 @@ def find_data(data_dir: Path) -> dict:
 def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str]]]:
     """(stage label, command) in pipeline order; hyper-parameters suit the demo model."""
     quick = ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    steps = min(args.agent_steps, args.max_steps) if args.max_steps else args.agent_steps
     return [
         ("pretrain", [PRETRAIN.script, "--data_path", data["pretrain"], "--epochs", "8", "--learning_rate", "3e-3",
                       "--batch_size", "32", "--accumulation_steps", "1", *quick]),
@@ -65,7 +66,7 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
                  "--batch_size", "16", "--beta", "0.1", *quick]),
         ("reason", [REASON.script, "--data_path", data.get("reason_tools", data["reason"]), "--epochs", "6",
                     "--learning_rate", "2e-3", "--tag_weight", "10", *reason_rows(data), *quick]),
-    ] + ([("agent", agent_command(data["agent"], args.max_steps))] if "agent" in data else [])
+    ] + ([("agent", agent_command(data["agent"], steps))] if "agent" in data and steps else [])
 
 
 # The agent stage's budget in the demo: a few optimizer steps (each rolls out 4 tasks x 8 trajectories with the tool
@@ -73,8 +74,7 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
 AGENT_STEPS = 3
 
 
-def agent_command(tasks, max_steps: int = 0) -> list[str]:
-    steps = min(AGENT_STEPS, max_steps) if max_steps else AGENT_STEPS
+def agent_command(tasks, steps: int = AGENT_STEPS) -> list[str]:
     return [AGENT_STAGE.script, "--data_path", tasks, "--max_seq_len", "768", "--batch_size", "4",
             "--num_generations", "8", "--max_new_tokens", "48", "--max_tool_turns", "2", "--temperature", "0.7",
             "--learning_rate", "1e-4", "--beta", "0.04", "--max_steps", str(steps)]
@@ -105,6 +105,9 @@ def main(argv=None):
     parser.add_argument("--config", default="demo", help="model preset or yaml (configs/demo.yaml: dim 128, 4 layers)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--max_steps", type=int, default=0, help="cap every stage at this many optimizer steps (0: the demo's full epochs)")
+    parser.add_argument("--agent_steps", type=int, default=AGENT_STEPS,
+                        help="optimizer steps of the agent stage (train_agent.py; it runs when the data has "
+                             f"{AGENT_TASKS}); 0 skips it")
     parser.add_argument("--seed", type=int, default=42, help="seed for every stage and for sampling")
     parser.add_argument("--use_wandb", action="store_true", help="also log every stage to wandb (WANDB_MODE=offline works without an account)")
     args = parser.parse_args(argv)

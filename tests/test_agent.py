@@ -253,3 +253,26 @@ def test_stage_loss_is_the_policy_gradient_of_the_sampled_tokens_only(tok):
     for g, p in zip(got, model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-6, rtol=1e-4)
     assert sums["tool_calls"].item() == 8 and sums["finished"].item() == 8
+
+
+def test_demo_report_lines_for_the_agent_stage(tmp_path, tok):
+    """The demo's before → after: the agent model's held-out tool measures (measured here) against the starting
+    model's (given), printed one measure a line."""
+    import random
+
+    from dataset.demo import tool_heldout_lines
+    from inference.report import AGENT_MEASURES, agent_summary, measure_demo_agent
+    from inference.toolcall_eval import MEASURE_LABELS
+
+    folder = save_tiny(tmp_path / "agent_64", tok)
+    tools_file = tmp_path / "tools.jsonl"
+    tools_file.write_text("\n".join(json.dumps(r) for r in tool_heldout_lines(random.Random(0), 3, 1)) + "\n")
+    before = {m: 0.5 for m in AGENT_MEASURES}
+    agent = measure_demo_agent(folder, tools_file, {"after_model": "reason", "after": {
+        "measures": before, "by_kind": {"capital": {"answer_with_tools": 1.0}, "thinking": {}}}})
+    assert agent["tasks"] == 3 and agent["before"] == before and agent["by_kind_before"] == {"capital": 1.0}
+    assert all(0.0 <= agent["after"][m] <= 1.0 for m in AGENT_MEASURES)
+    lines = agent_summary(agent, 12.5)
+    assert "12.5 s" in lines[0] and "3 held-out tool tasks" in lines[0] and "reason → agent" in lines[0]
+    for line, m in zip(lines[1:], AGENT_MEASURES):
+        assert line.split()[-3:] == ["50%", "→", f"{agent['after'][m]:.0%}"] and MEASURE_LABELS[m] in line

@@ -1,5 +1,5 @@
-"""The whole life of a small LLM in one command: pretrain → SFT → LoRA identity → DPO → reasoning distillation,
-then sample chats from every stage and measure what each stage taught.
+"""The whole life of a small LLM in one command: pretrain → SFT → LoRA identity → DPO → reasoning distillation →
+agentic RL, then sample chats from every stage and measure what each stage taught.
 
 With the demo corpus, the reasoning stage also trains tool use and the thinking switch (MiniMind-3's format: tools
 on the system turn, tool calls, tool results, replies with and without reasoning); the report measures them on
@@ -71,7 +71,7 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, list[str
 
 # The agent stage's budget in the demo: a few optimizer steps (each rolls out 4 tasks x 8 trajectories with the tool
 # calls run), about 30 s on a 2-core CPU. README "Agentic RL" gives what it buys at this size and at more steps.
-AGENT_STEPS = 3
+AGENT_STEPS = 2
 
 
 def agent_command(tasks, steps: int = AGENT_STEPS) -> list[str]:

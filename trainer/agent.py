@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from inference.chat_format import AssistantReply, parse_assistant
+from inference.chat_format import parse_assistant
 from inference.tool_loop import render_prompt
 from inference.toolcall_eval import ToolFileError, parse_task, task_toolbox
 from . import losses
@@ -298,6 +298,9 @@ class Agent(GRPO):
             raise StageError("--num_generations must be at least 2 (advantages compare the trajectories of a task)")
         if args.max_tool_turns < 0:
             raise StageError(f"--max_tool_turns must be 0 or more, got {args.max_tool_turns}")
+        if getattr(args, "fsdp", False):  # sharded, every rank must run the same forwards; rollouts differ per rank
+            raise StageError("train_agent.py does not run with --fsdp: each rank's rollouts take a different number "
+                             "of rounds and tokens (DDP, the default with torchrun, works)")
         try:
             self.rewards = get_agent_rewards(args.rewards)
         except ValueError as e:

@@ -196,6 +196,20 @@ def validate(kind: str, record) -> dict:
             "rejected": _conversation(record, "rejected", must_end_with_assistant=True)}
 
 
+def json_lines(path, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) for each non-blank line of a small jsonl file (prompts, questions, tool tasks);
+    `error` is raised naming file:line on a line that is not JSON. Training data goes through iter_lines instead,
+    which validates each record for its kind and can skip bad lines."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{line_no}: invalid JSON: {e.msg} (column {e.colno})") from None
+
+
 def iter_lines(path, kind: str, start: int = 0, end: int | None = None, first_line: int = 1,
                shard_index: int = 0, num_shards: int = 1) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, clean record, None) for a good line, (line number, None, problem) for a bad one.

@@ -1,13 +1,12 @@
 """Prompts, in one place: for reinforcement learning (`PromptSet`: each conversation up to its last assistant reply,
 which becomes the reference answer a reward can check, e.g. the final number of a GSM8K solution) and for
 evaluation (`read_prompts`: a prompt file or the first user turns of conversations)."""
-import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from .jsonl import load_records, skipped_lines_message, template_messages
+from .jsonl import json_lines, load_records, skipped_lines_message, template_messages
 from .stats import DataWarning
 
 
@@ -71,13 +70,7 @@ def read_prompts(path, kind: str = "reason") -> list[str]:
     conversations (their first user turn). Raises ValueError naming file:line on a record it cannot use."""
     path = Path(path)
     prompts = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+    for line_no, record in json_lines(path):
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{line_no}: expected a JSON object")
         if "kind" in record and record["kind"] != kind:
@@ -99,13 +92,7 @@ def read_questions(path, kind: str) -> list[tuple[str, str]]:
     held-out "fact" and "sum" questions); [] when the file has none. ValueError naming file:line on a bad record."""
     path = Path(path)
     pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+    for line_no, record in json_lines(path):
         if not isinstance(record, dict) or record.get("kind") != kind:
             continue
         prompt, answer = record.get("prompt"), record.get("answer")

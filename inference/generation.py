@@ -180,29 +180,32 @@ def generate(model, tokenizer, prompt: str, **kwargs) -> str:
     return GenerationStream(model, tokenizer, prompt, **kwargs).run()
 
 
-@torch.inference_mode()
 def sample_replies(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
                    max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64, open_thinking: bool = False) -> list[str]:
-    """`samples` replies per prompt (prompt-major order), generated in left-padded batches with the chat template;
-    `open_thinking` is its thinking switch (the replies then start inside the <think> block)."""
+    """`samples` replies per prompt (prompt-major order) with the chat template, through the batched engine: up to
+    `batch_size` replies decoded together, each prompt prefilled once for its samples; `open_thinking` is the
+    template's thinking switch (the replies then start inside the <think> block)."""
+    from .engine import generate_batch
+
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
                                            open_thinking=open_thinking)
-             for p in prompts for _ in range(samples)]
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+             for p in prompts]
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    if not (temperature > 0 and top_p > 0):
+        temperature = 0.0  # greedy, as sampling_kwargs reads it
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    per_batch = max(1, batch_size // samples)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     replies = []
-    torch.manual_seed(seed)
     try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                                 **sampling_kwargs(temperature, top_p))
-            new = out[:, enc["input_ids"].shape[1]:]
-            replies += tokenizer.batch_decode(new, skip_special_tokens=True)
+        for start in range(0, len(texts), per_batch):
+            enc = tokenizer(texts[start:start + per_batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            out = generate_batch(model, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
+                                 num_samples=samples, max_new_tokens=max_new_tokens, eos_token_ids=eos,
+                                 pad_token_id=pad, temperature=temperature, top_p=min(top_p, 1.0), generator=generator)
+            replies += tokenizer.batch_decode(out.tokens.masked_fill(~out.mask, pad), skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side
     return replies

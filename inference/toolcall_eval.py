@@ -22,8 +22,9 @@ Measures (greedy decoding), over the tool tasks:
 and over the thinking prompts: `thinking on: reasons` and `thinking off: direct`.
 Tools named in a task that are built-ins (inference/tools.py) run; others return the "no implementation" error.
 """
-import json
 from pathlib import Path
+
+from dataset.jsonl import json_lines
 
 from .chat_format import FormatError, check_call, normalize_tool_calls, normalize_tools, \
     parse_assistant
@@ -83,16 +84,7 @@ def read_tool_file(path) -> list[dict]:
     if not path.is_file():
         raise ToolFileError(f"{path} not found (`python scripts/eval_report.py --write_demo_heldout DIR` writes the "
                             f"demo world's tools.jsonl)")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ToolFileError(f"{path}:{line_no}: invalid JSON: {e.msg} (column {e.colno})") from None
-            records.append(parse_task(raw, f"{path}:{line_no}"))
+    records = [parse_task(raw, f"{path}:{line_no}") for line_no, raw in json_lines(path, ToolFileError)]
     if not records:
         raise ToolFileError(f"{path}: no tasks")
     return records

@@ -7,6 +7,9 @@ Measures, for one preset/shape, device, dtype and thread count:
               achieved FLOP/s as a share of the measured matmul peak (and, on CUDA, MFU against the card's
               nominal dense bf16 peak); peak memory of a steady-state step
   generation  KV-cached greedy decoding tokens/s at batch 1 and 8 (new tokens only), ours vs the baseline
+  rollout     (--rollout) RL rollouts: 4 prompts x G sampled completions, inference/engine.py vs HF generate()
+              on our model, new tokens/s side by side at G = 4/8/16 for the demo and small presets, same precision
+  grpo memory (--grpo_memory) peak memory of one GRPO step (rollout + loss + update) against G
   packing     useful-token throughput on real jsonl files, packed rows vs one padded sample per row (MiniMind's
               layout): real (non-padding) and loss-bearing tokens/s, against the ceiling = unpacked positions/s
   loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
@@ -25,6 +28,8 @@ Examples:
     python scripts/bench.py --device cuda --dtype bfloat16
     python scripts/bench.py --loss_curve 300      # fp32 vs bf16 loss curves on the kit's pretrain.jsonl
     python scripts/bench.py --grad_ckpt           # activation checkpointing: memory saved, time it costs
+    python scripts/bench.py --rollout --skip peak,train,generation,packing --dtype float32   # rollouts only
+    python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
     python scripts/bench.py --agent_memory        # agentic RL: peak step memory against --max_tool_turns 1/2/4
 """
 import argparse
@@ -81,6 +86,15 @@ def parse_args(argv=None):
     p.add_argument("--gen_batches", default="1,8", help="comma-separated generation batch sizes")
     p.add_argument("--gen_prompt", type=int, default=16, help="prompt length for generation")
     p.add_argument("--gen_reps", type=int, default=3, help="generate calls per model and batch (median reported)")
+    p.add_argument("--rollout", action="store_true",
+                   help="also benchmark RL rollouts: the generation engine vs generate() (off by default: minutes)")
+    p.add_argument("--rollout_configs", default="demo,small", help="comma-separated presets for --rollout")
+    p.add_argument("--rollout_groups", default="4,8,16", help="comma-separated group sizes G for --rollout")
+    p.add_argument("--rollout_prompts", type=int, default=4, help="distinct prompts per rollout batch")
+    p.add_argument("--rollout_tokens", type=int, default=64, help="new tokens per completion in --rollout")
+    p.add_argument("--rollout_reps", type=int, default=3, help="timed rollouts per method and G (median reported)")
+    p.add_argument("--grpo_memory", action="store_true",
+                   help="peak memory of one GRPO step per G of --rollout_groups (first preset of --rollout_configs)")
     p.add_argument("--sft_data", default=str(DEFAULT_KIT / "sft.jsonl"),
                    help="SFT jsonl for the packing figures (default ../shared/data/sft.jsonl; skipped if absent)")
     p.add_argument("--pack_files", nargs="*", default=None,
@@ -120,6 +134,8 @@ def parse_args(argv=None):
         args.steps, args.warmup, args.peak_size = 2, 1, args.peak_size or 256
         args.gen_tokens, args.gen_reps, args.gen_prompt = 8, 1, 8
         args.pack_batches, args.pack_warmup = 2, 1
+        args.rollout_configs, args.rollout_groups, args.rollout_tokens, args.rollout_reps = "tiny", "2", 8, 1
+        args.rollout_prompts = 2
         if args.loss_curve is not None:
             args.loss_curve = min(args.loss_curve, 10)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -127,6 +143,8 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--skip: unknown part(s) {sorted(unknown)}")
     args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b]
+    args.rollout_configs = [c for c in args.rollout_configs.split(",") if c]
+    args.rollout_groups = [int(g) for g in args.rollout_groups.split(",") if g]
     return args
 
 
@@ -425,6 +443,121 @@ def bench_generation(args, shape, device, dtype_name):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# rollouts
+
+
+def rollout_prompts(n: int, length: int, vocab: int, generator):
+    """n random left-padded prompts of different lengths (length, then shorter by up to a half)."""
+    lengths = [max(2, length - i * length // (2 * max(1, n - 1))) for i in range(n)]
+    ids = torch.zeros(n, length, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    for b, m in enumerate(lengths):
+        ids[b, length - m:] = torch.randint(3, vocab, (m,), generator=generator)
+        mask[b, length - m:] = 1
+    return ids, mask
+
+
+def bench_rollout(args, preset, device, dtype_name):
+    """New tokens/s of sampled rollouts (temperature 1, no top-p/top-k, no end token so every row runs to the
+    limit and both methods do the same work): the engine vs generate() on the same model and prompts, runs
+    interleaved, per group size G."""
+    from inference.engine import generate_batch
+
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(args.seed)
+    model = build_ours(model_shape(preset), device).to(dtype).eval()
+    model.generation_config.eos_token_id = None  # no row stops early: both methods decode every token
+    ids, mask = rollout_prompts(args.rollout_prompts, args.gen_prompt, model.config.vocab_size,
+                                torch.Generator().manual_seed(args.seed + 1))
+    ids, mask = ids.to(device), mask.to(device)
+    T = args.rollout_tokens
+    out = {}
+    for G in args.rollout_groups:
+        n_rows = ids.shape[0] * G
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+
+        def engine(n=T):
+            c = generate_batch(model, ids, mask, num_samples=G, max_new_tokens=n, eos_token_ids=[], pad_token_id=0,
+                               temperature=1.0, generator=generator)
+            assert c.tokens.shape == (n_rows, n), c.tokens.shape
+
+        def hf_generate(n=T):
+            with torch.no_grad():
+                y = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=mask.repeat_interleave(G, 0),
+                                   do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n, pad_token_id=0)
+            assert y.shape == (n_rows, ids.shape[1] + n), y.shape
+
+        methods = {"engine": engine, "generate": hf_generate}
+        for fn in methods.values():  # warm-up
+            fn(min(8, T))
+        times = {name: [] for name in methods}
+        for i in range(args.rollout_reps):
+            for name in (list(methods) if i % 2 == 0 else list(methods)[::-1]):
+                t, _ = timed(methods[name], device)
+                times[name].append(t)
+        r = {name: round(n_rows * T / statistics.median(t), 1) for name, t in times.items()}
+        r["ratio"] = round(statistics.median(tg / te for te, tg in zip(times["engine"], times["generate"])), 3)
+        out[f"G{G}"] = r
+        log(f"  {preset} {dtype_name} G={G}: engine {r['engine']:,.0f} tok/s, generate {r['generate']:,.0f} tok/s, "
+            f"{r['ratio']:.2f}x")
+    del model
+    gc.collect()
+    return out
+
+
+def bench_grpo_memory(args, preset, device, dtype_name):
+    """Peak memory (above the level before) of one GRPO optimizer step per group size G: the rollout, the
+    policy/reference log-probs, the loss, backward and AdamW, with --rollout_prompts prompts and every completion
+    running to --rollout_tokens tokens (the worst case); the rollout through the engine (what GRPO uses) and,
+    side by side, through generate()."""
+    from argparse import Namespace
+
+    from trainer.distributed import DistInfo
+    from trainer.stages import GRPO
+
+    torch.manual_seed(args.seed)
+    model = build_ours(model_shape(preset), device).train()
+    model.generation_config.eos_token_id = None
+    ids, mask = rollout_prompts(args.rollout_prompts, args.gen_prompt, model.config.vocab_size,
+                                torch.Generator().manual_seed(args.seed + 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    for param in model.parameters():  # create the optimizer state now: it is not part of a step's peak
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {}
+    tokenizer = load_tokenizer()
+    info = DistInfo(device=device)
+    stage = GRPO()
+    stage.reference = copy.deepcopy(model).eval().requires_grad_(False)
+    stage.rewards = {"random": lambda completion, reference: random.random()}
+    stage.tokenizer, stage.eos_ids, stage.progress, stage.thinking = tokenizer, [], 0.0, False
+    for G in args.rollout_groups:
+        out[f"G{G}"] = {}
+        for sampler in ("engine", "generate"):
+            grpo_args = Namespace(num_generations=G, max_new_tokens=args.rollout_tokens, temperature=1.0, top_p=1.0,
+                                  beta=0.04, clip_eps=0.2, num_iterations=1, loss_type="grpo", scale_rewards="group",
+                                  mask_truncated_completions=False, format_weight_start=1.0, dtype=dtype_name,
+                                  sampler=sampler)
+            batch = {"input_ids": ids, "attention_mask": mask, "references": [None] * len(ids),
+                     "num_items": len(ids) * G}
+            with PeakMemory(device) as peak:
+                (rollout,) = stage.rollouts(model, [batch], grpo_args, info, seed=args.seed)
+                with autocast(device, DTYPES[dtype_name]):
+                    loss, _ = stage.loss(model, rollout, grpo_args)
+                (loss / rollout["num_items"]).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            del rollout, loss
+            out[f"G{G}"][sampler] = None if peak.mib is None else round(peak.mib, 1)
+        log(f"  grpo memory {preset} {dtype_name} G={G}: engine {out[f'G{G}']['engine']} MiB, "
+            f"generate {out[f'G{G}']['generate']} MiB")
+    del model, optimizer, stage
+    gc.collect()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # packing
 
 
@@ -673,6 +806,22 @@ def print_table(r):
         for dt, g in r["generation"].items():
             for b, v in g.items():
                 print(f"{dt:<9} {b[1:]:>5} {v['ours']:>9,.1f} {v['baseline']:>9,.1f} {v['ratio']:>8.3f}x")
+    if r.get("rollout"):
+        print(f"\nrollouts ({c['rollout_prompts']} prompts x G samples, prompt {c['gen_prompt']}, {c['rollout_tokens']} new "
+              f"tokens, temperature 1; new tok/s; engine = inference/engine.py, generate = HF generate() on our model)")
+        print(f"{'preset':<8} {'dtype':<9} {'G':>3} {'engine':>9} {'generate':>9} {'engine/gen':>10}")
+        for preset, by_dtype in r["rollout"].items():
+            for dt, groups in by_dtype.items():
+                for g, v in groups.items():
+                    print(f"{preset:<8} {dt:<9} {g[1:]:>3} {v['engine']:>9,.1f} {v['generate']:>9,.1f} {v['ratio']:>9.3f}x")
+    if r.get("grpo_memory"):
+        print(f"\nGRPO step peak memory above the model's own (MiB; {c['rollout_prompts']} prompts, every completion "
+              f"{c['rollout_tokens']} tokens; the rollout through the engine, and through generate())")
+        print(f"{'preset dtype':<18} {'G':>3} {'engine':>9} {'generate':>9}")
+        for key, by_g in r["grpo_memory"].items():
+            for g, v in by_g.items():
+                print(f"{key:<18} {g[1:]:>3} " + " ".join("        -" if v[m] is None else f"{v[m]:>9,.0f}"
+                                                          for m in ("engine", "generate")))
     if r.get("packing"):
         print("\nuseful-token throughput of our training step: real = non-padding tokens, loss = loss-bearing tokens;"
               " ceiling = unpacked positions/s (every position useful)")
@@ -740,6 +889,7 @@ def main(argv=None):
               else f"CPU ({torch.backends.cpu.get_cpu_capability()})",
               "threads": args.threads, "dtypes": dtypes, "steps": args.steps, "warmup": args.warmup,
               "gen_tokens": args.gen_tokens, "gen_prompt": args.gen_prompt, "compile": args.compile,
+              "rollout_prompts": args.rollout_prompts, "rollout_tokens": args.rollout_tokens,
               "fused_adam": args.fused_adam,
               "torch": torch.__version__, "transformers": transformers.__version__,
               "cpu_count": os.cpu_count(), "loadavg_start": round(load_start, 2),
@@ -787,6 +937,18 @@ def main(argv=None):
         for dt in dtypes:
             log(f"generation: {dt} ...")
             result["generation"][dt] = bench_generation(args, shape, device, dt)
+    if args.rollout:
+        result["rollout"] = {}
+        for preset in args.rollout_configs:
+            for dt in dtypes:
+                log(f"rollout: {preset} {dt} ...")
+                result["rollout"].setdefault(preset, {})[dt] = bench_rollout(args, preset, device, dt)
+    if args.grpo_memory:
+        result["grpo_memory"] = {}
+        for dt in dtypes:
+            log(f"grpo memory: {args.rollout_configs[0]} {dt} ...")
+            result["grpo_memory"][f"{args.rollout_configs[0]} {dt}"] = bench_grpo_memory(
+                args, args.rollout_configs[0], device, dt)
     if "packing" not in args.skip:
         pack_dtype = args.pack_dtype or ("bfloat16" if "bfloat16" in dtypes else "float32")
         log(f"packing: {pack_dtype} ...")
@@ -847,16 +1009,22 @@ def bench_agent_memory(args, device, turns_list=(1, 2, 4), tasks=4, group=8, rep
     def always_calls(contexts, num_samples):
         return [(list(reply), True)] * (len(contexts) * num_samples)
 
+    from trainer.distributed import DistInfo
+
     settings = SimpleNamespace(num_generations=group, max_new_tokens=reply_tokens, max_seq_len=1 << 16,
                                temperature=1.0, top_p=1.0, clip_eps=0.2, beta=0.04, format_weight_start=1.0,
-                               rewards="answer,calls,format,unfinished", open_thinking=False, max_tool_turns=1)
+                               rewards="answer,calls,format,unfinished", open_thinking=False, max_tool_turns=1,
+                               num_iterations=1, loss_type="grpo", scale_rewards="group",
+                               mask_truncated_completions=False, sampler="engine", dtype="float32")
     stage = Agent()
     stage.setup(settings, model, tokenizer, None)
-    stage.generator = lambda model, args: always_calls
+    stage.generator = lambda model, args, generator: always_calls
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    info = DistInfo(device=device)
 
     def step():
-        loss, sums = stage.loss(model, batch, settings)
+        (rollout,) = stage.rollouts(model, [batch], settings, info, seed=args.seed)
+        loss, sums = stage.loss(model, rollout, settings)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -874,7 +1042,7 @@ def bench_agent_memory(args, device, turns_list=(1, 2, 4), tasks=4, group=8, rep
             seconds = time.perf_counter() - start
         n = tasks * group
         result["rows"].append({"max_tool_turns": turns, "trajectory_tokens": round(float(sums["trajectory_tokens"]) / n, 1),
-                               "generated_tokens": round(float(sums["generated_tokens"]) / n, 1),
+                               "generated_tokens": round(float(sums["completion_length"]) / n, 1),
                                "step_mem_mib": None if mem.mib is None else round(mem.mib, 1),
                                "step_s": round(seconds, 2)})
     return result

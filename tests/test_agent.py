@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, save_tiny
 from inference.chat_format import parse_assistant
 from inference.tools import BUILTIN_SCHEMAS, ToolResult
-from trainer.agent import Trajectory, pad_trajectories, read_agent_tasks, roll_out
+from trainer.agent import Trajectory, read_agent_tasks, roll_out, rollout_batch
 from trainer.agent_rewards import AGENT_REWARDS, agent_reward, get_agent_rewards
 from trainer.modelio import StageError
 
@@ -78,9 +78,11 @@ def test_loss_mask_is_what_the_model_wrote_checked_against_the_template(tok):
     assert "<tool_response>\n{\"result\": \"Paris\"}\n</tool_response>" in context and "# Tools" in context
     assert context.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
-    # the training rows: the loss mask is the generated mask (shifted with the targets by the stage)
-    ids, attention, generated = pad_trajectories([t, t], tok.pad_token_id, "cpu")
-    assert ids[0].tolist() == t.ids and attention.sum().item() == 2 * n and generated[1].tolist() == t.generated
+    # the training rows, in GRPO's layout: the prompt, then the rest with the sampled tokens as the loss mask
+    rows = rollout_batch([t, t], [rendered["input_ids"][:t.generated.index(True)]], tok.pad_token_id, "cpu")
+    P = rows["prompt_mask"].shape[1]
+    assert rows["sequences"][1].tolist() == t.ids and rows["prompt_mask"].all()
+    assert rows["completion_mask"][0].tolist() == t.generated[P:] and rows["completion_attention"].all()
 
 
 def test_failing_tools_give_error_results_and_the_rollout_goes_on(tok, monkeypatch):
@@ -202,13 +204,14 @@ def test_train_agent_program_on_the_demo_tasks(tmp_path, demo, tok, capsys):
 
 
 def test_stage_loss_is_the_policy_gradient_of_the_sampled_tokens_only(tok):
-    """The stage's loss (padded batch, output layer only from the first reply on, no padding mask) has the gradient
-    of -Σ advantage × mean log-prob of each trajectory's sampled tokens, computed one trajectory at a time."""
+    """The stage's loss (GRPO's, on the rollouts in its layout) has the gradient of -Σ advantage × mean log-prob of
+    each trajectory's sampled tokens, computed one trajectory at a time without padding."""
     from types import SimpleNamespace
 
     from conftest import tiny_config
     from model import MiniMindForCausalLM
     from trainer.agent import Agent, AgentCollator
+    from trainer.distributed import DistInfo
     from trainer.losses import group_advantages
 
     class ByCountry:  # samples alternate between two countries; the answer repeats the tool's result
@@ -228,17 +231,21 @@ def test_stage_loss_is_the_policy_gradient_of_the_sampled_tokens_only(tok):
     model = MiniMindForCausalLM(tiny_config(vocab_size=len(tok)))
     settings = SimpleNamespace(num_generations=4, max_tool_turns=2, max_new_tokens=64, max_seq_len=2048,
                                temperature=1.0, top_p=1.0, clip_eps=0.2, beta=0.0, rewards="answer",
-                               format_weight_start=1.0, open_thinking=False)
+                               format_weight_start=1.0, open_thinking=False, num_iterations=1, loss_type="grpo",
+                               scale_rewards="group", mask_truncated_completions=False, dtype="float32")
     stage = Agent()
     stage.setup(settings, model, tok, None)
-    stage.generator = lambda model, args: ByCountry()
+    stage.generator = lambda model, args, generator: ByCountry()
     prompt = tok(tok.apply_chat_template(TASK["messages"], tools=TASK["tools"], tokenize=False, add_generation_prompt=True,
                                          open_thinking=False), add_special_tokens=False)["input_ids"]
     batch = AgentCollator(4)([[{"task": TASK, "input_ids": prompt}]] * 2)
-    trajectories, scores = stage.rollout(model, batch, settings)
+    (rollout,) = stage.rollouts(model, [batch], settings, DistInfo(), seed=0)
+    scores = rollout["scores"]
     assert scores[:, 0].tolist() == [1.0, 0.0] * 4  # France → Paris is right; Italy → Rome is not
+    trajectories = roll_out(batch["tasks"], batch["prompts"], ByCountry(), tok, num_samples=4, max_tool_turns=2,
+                            max_seq_len=2048)
 
-    loss, sums = stage.loss(model, batch, settings)
+    loss, sums = stage.loss(model, rollout, settings)
     loss.backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()

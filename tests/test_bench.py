@@ -18,7 +18,8 @@ def test_bench_quick_json(tmp_path):
     lines = [json.dumps({"conversations": CONVERSATIONS[i % len(CONVERSATIONS)]}, ensure_ascii=False) for i in range(12)]
     sft.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", "--threads", "1",
-           "--gen_batches", "1,2", "--sft_data", str(sft), "--cache_dir", str(tmp_path / "cache")]
+           "--gen_batches", "1,2", "--sft_data", str(sft), "--cache_dir", str(tmp_path / "cache"), "--rollout",
+           "--grpo_memory"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -39,6 +40,11 @@ def test_bench_quick_json(tmp_path):
         gen = result["generation"][dt]
         assert set(gen) == {"b1", "b2"}
         assert all(gen[b]["ours"] > 0 and gen[b]["baseline"] > 0 and gen[b]["ratio"] > 0 for b in gen)
+
+        rollout = result["rollout"]["tiny"][dt]["G2"]  # --quick: the tiny preset, G = 2
+        assert rollout["engine"] > 0 and rollout["generate"] > 0 and rollout["ratio"] > 0
+        mem = result["grpo_memory"][f"tiny {dt}"]["G2"]
+        assert set(mem) == {"engine", "generate"} and all(v is None or v >= 0 for v in mem.values())
 
     (pack,) = result["packing"]
     for layout in ("packed", "unpacked"):

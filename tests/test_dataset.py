@@ -156,6 +156,18 @@ def test_skip_bad_lines_counts_and_reports(tmp_path, tokenizer, cache_dir):
     assert (ds.stats.n_bad_lines, ds.stats.n_records, ds.stats.n_samples) == (3, 3, 3)
 
 
+def test_json_lines_numbers_lines_as_the_file_does_and_names_the_bad_one(tmp_path):
+    class ToolFileProblem(Exception):
+        pass
+
+    path = tmp_path / "small.jsonl"
+    path.write_text('{"a": 1}\n\n  \n[2]\n"x"\n', encoding="utf-8")
+    assert list(jsonl.json_lines(path)) == [(1, {"a": 1}), (4, [2]), (5, "x")]
+    path.write_text('{"a": 1}\n\n{"b": \n', encoding="utf-8")
+    with pytest.raises(ToolFileProblem, match=rf"^{path}:3: invalid JSON: Expecting value \(column 7\)$"):
+        list(jsonl.json_lines(path, ToolFileProblem))
+
+
 def test_pretrain_chunks_keep_every_token(tmp_path, tokenizer, cache_dir):
     assert pretrain_chunks([10, 11, 12, 13], 1, 2, 2) == [([1, 10], [10, 11]), ([11, 12], [12, 13]), ([13], [2])]
     text = " ".join(f"word{i} 你好" for i in range(200))

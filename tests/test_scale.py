@@ -41,9 +41,13 @@ def losses(out, name):
             if "loss" in r]
 
 
-def max_weight_diff(a, b):
+def max_weight_diff(a, b, quantile: float = 1.0):
+    """The largest absolute difference between two weight files' tensors; with quantile < 1, that quantile of the
+    element-wise differences instead (all tensors together), which a few outlying elements do not move."""
     wa, wb = load_file(str(a)), load_file(str(b))
     assert sorted(wa) == sorted(wb)
+    if quantile < 1.0:
+        return torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa]).quantile(quantile).item()
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
@@ -158,8 +162,20 @@ def test_fsdp_with_lora_and_a_frozen_reference_matches_one_process(script, data,
     two = torchrun(*common, "--out_dir", tmp_path / "two", "--batch_size", "2", "--fsdp")
     assert two.returncode == 0, two.stderr[-3000:]
     name = weights.rsplit("/", 1)[0]
-    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "one", name), losses(tmp_path / "two", name))) <= 1e-5
-    assert max_weight_diff(tmp_path / "one" / weights, tmp_path / "two" / weights) <= tol
+    # after a step at lr 1e-2, the two ranks' other summation order shows in the loss: 1.6e-5 of a loss near 5 was
+    # seen on CI, so the bound is relative (1e-5 of the loss) rather than the pretraining test's absolute 1e-5
+    for a, b in zip(losses(tmp_path / "one", name), losses(tmp_path / "two", name)):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (a, b)
+    if script == "train_lora.py":
+        # LoRA's B starts at zero, so A's first gradients are near zero, and Adam divides them by their own size:
+        # the 2-rank sum's other rounding can move a single element by up to lr (one element moved 3.4e-3
+        # at lr 1e-2 with one thread; of the 38,912 elements the median moved 6.5e-8, the 99th percentile 2.1e-6,
+        # the 99.9th 1.1e-5). So: every element within lr, 99% within the tolerance. A broken gradient reduction
+        # moves most elements by about lr.
+        assert max_weight_diff(tmp_path / "one" / weights, tmp_path / "two" / weights) <= 1e-2
+        assert max_weight_diff(tmp_path / "one" / weights, tmp_path / "two" / weights, quantile=0.99) <= tol
+    else:
+        assert max_weight_diff(tmp_path / "one" / weights, tmp_path / "two" / weights) <= tol
 
 
 def test_fsdp_refuses_muon(demo, tmp_path, cache, capsys):

@@ -27,17 +27,16 @@ Data: jsonl tasks in scripts/eval_toolcall.py's format (`messages` ending with t
 `agent_tasks.jsonl` (dataset/demo.py).
 """
 import copy
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from dataset.jsonl import json_lines
 from inference.chat_format import parse_assistant
 from inference.tool_loop import render_prompt
 from inference.toolcall_eval import ToolFileError, parse_task, task_toolbox
-from . import losses
 from .data import TrainData
 from .modelio import StageError
 from .stages import GRPO, unwrap
@@ -53,20 +52,15 @@ def read_agent_tasks(path) -> list[dict]:
         raise StageError(f"data file {path} not found: pass --data_path (agent tasks jsonl; "
                          f"`python scripts/make_demo_data.py` writes the demo's agent_tasks.jsonl)")
     tasks = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                task = parse_task(json.loads(line), where)
-            except json.JSONDecodeError as e:
-                raise StageError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-            except ToolFileError as e:
-                raise StageError(str(e)) from None
-            if not task["answer"]:
-                raise StageError(f"{where}: answer: a training task needs the strings its final answer must contain")
-            tasks.append(task)
+    for line_no, raw in json_lines(path, StageError):
+        where = f"{path}:{line_no}"
+        try:
+            task = parse_task(raw, where)
+        except ToolFileError as e:
+            raise StageError(str(e)) from None
+        if not task["answer"]:
+            raise StageError(f"{where}: answer: a training task needs the strings its final answer must contain")
+        tasks.append(task)
     if not tasks:
         raise StageError(f"{path}: no tasks")
     return tasks
@@ -218,41 +212,43 @@ def roll_out(tasks, prompts, generate, tokenizer, *, num_samples: int, max_tool_
     return trajectories
 
 
-def engine_generate(policy, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float, generator=None):
-    """A `generate` for roll_out: left-padded contexts through inference/engine.py's batched sampler."""
-    from inference.engine import generate_batch
-
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(policy.parameters()).device
-
+def sampler(sample, pad_id: int):
+    """A `generate` for roll_out over `sample(input_ids, attention_mask, num_samples) -> Completions` (GRPO.generate:
+    the batched engine, or transformers' generate()): the contexts are left-padded into one batch."""
     def generate(contexts, num_samples):
         width = max(len(c) for c in contexts)
-        ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for row, context in enumerate(contexts):
             ids[row, width - len(context):] = torch.tensor(context)
             mask[row, width - len(context):] = 1
-        out = generate_batch(policy, ids.to(device), mask.to(device), num_samples=num_samples,
-                             max_new_tokens=max_new_tokens, eos_token_ids=[eos], pad_token_id=pad,
-                             temperature=temperature, top_p=top_p, generator=generator)
+        out = sample(ids, mask, num_samples)
         tokens, lengths, finished = out.tokens.tolist(), out.lengths.tolist(), out.finished.tolist()
         return [(row[:n], done) for row, n, done in zip(tokens, lengths, finished)]
 
     return generate
 
 
-def pad_trajectories(trajectories, pad_id: int, device):
-    """Right-padded (ids, attention mask, generated mask), each (N, T)."""
-    width = max(len(t.ids) for t in trajectories)
-    ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(trajectories), width), dtype=torch.long)
-    generated = torch.zeros((len(trajectories), width), dtype=torch.bool)
+def rollout_batch(trajectories, prompts, pad_id: int, device) -> dict:
+    """GRPO's rollout layout (GRPO.rollout): each trajectory split into its prompt, left-padded to the longest
+    (N, P), and what follows it, right-padded (N, C); completion_mask marks the sampled tokens (the loss), and
+    completion_attention every real token after the prompt (the tool turns are read, not trained on)."""
+    G = len(trajectories) // len(prompts)
+    P = max(len(p) for p in prompts)
+    C = max(len(t.ids) - len(prompts[i // G]) for i, t in enumerate(trajectories))
+    sequences = torch.full((len(trajectories), P + C), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(trajectories), P), dtype=torch.long)
+    completion_mask = torch.zeros((len(trajectories), C), dtype=torch.bool)
+    completion_attention = torch.zeros((len(trajectories), C), dtype=torch.bool)
     for row, t in enumerate(trajectories):
-        n = len(t.ids)
-        ids[row, :n] = torch.tensor(t.ids)
-        attention[row, :n] = 1
-        generated[row, :n] = torch.tensor(t.generated)
-    return ids.to(device), attention.to(device), generated.to(device)
+        n = len(prompts[row // G])
+        rest = len(t.ids) - n
+        sequences[row, P - n:P + rest] = torch.tensor(t.ids)
+        prompt_mask[row, P - n:] = 1
+        completion_mask[row, :rest] = torch.tensor(t.generated[n:])
+        completion_attention[row, :rest] = True
+    return {"sequences": sequences.to(device), "prompt_mask": prompt_mask.to(device),
+            "completion_mask": completion_mask.to(device), "completion_attention": completion_attention.to(device)}
 
 
 # ---------------------------------------------------------------- the stage
@@ -296,6 +292,8 @@ class Agent(GRPO):
 
         if args.num_generations < 2:
             raise StageError("--num_generations must be at least 2 (advantages compare the trajectories of a task)")
+        if args.num_iterations < 1:
+            raise StageError("--num_iterations must be at least 1")
         if args.max_tool_turns < 0:
             raise StageError(f"--max_tool_turns must be 0 or more, got {args.max_tool_turns}")
         if getattr(args, "fsdp", False):  # sharded, every rank must run the same forwards; rollouts differ per rank
@@ -306,54 +304,41 @@ class Agent(GRPO):
         except ValueError as e:
             raise StageError(str(e)) from None
         self.tokenizer = tokenizer
+        self.eos_ids = [tokenizer.eos_token_id]
         self.thinking = args.open_thinking
         self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.progress = 0.0
 
-    def generator(self, model, args):
-        """The `generate` of the rollouts (roll_out): the policy sampling through the batched engine."""
-        return engine_generate(unwrap(model), self.tokenizer, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p)
+    def completion_limit(self, args) -> int:
+        """The longest the part after the prompt can be: every round's reply (dr_grpo divides by it; the tool
+        turns in between are not scored)."""
+        return args.max_new_tokens * (args.max_tool_turns + 1)
+
+    def generator(self, model, args, generator):
+        """The `generate` of the rollouts (roll_out): GRPO's sampling (the batched engine, or --sampler generate)."""
+        device = next(unwrap(model).parameters()).device
+        return sampler(lambda ids, mask, n: self.generate(model, ids.to(device), mask.to(device), n, args, generator),
+                       self.tokenizer.pad_token_id)
 
     @torch.no_grad()
-    def rollout(self, model, batch, args) -> tuple[list[Trajectory], torch.Tensor]:
-        """The batch's trajectories (G per task) and their reward scores (N, number of rewards)."""
-        trajectories = roll_out(batch["tasks"], batch["prompts"], self.generator(model, args), self.tokenizer,
-                                num_samples=args.num_generations, max_tool_turns=args.max_tool_turns,
+    def rollout(self, model, batch, args, generator) -> dict:
+        """GRPO.rollout for multi-turn tool use: the batch's trajectories (G per task) in GRPO's layout, their reward
+        scores, and per trajectory the calls made, the failed ones, and whether it finished with an answer."""
+        trajectories = roll_out(batch["tasks"], batch["prompts"], self.generator(model, args, generator),
+                                self.tokenizer, num_samples=args.num_generations, max_tool_turns=args.max_tool_turns,
                                 max_seq_len=args.max_seq_len, thinking=self.thinking)
-        scores = torch.tensor([[fn(t) for fn in self.rewards.values()] for t in trajectories], dtype=torch.float)
-        return trajectories, scores
+        device = next(unwrap(model).parameters()).device
+        out = rollout_batch(trajectories, batch["prompts"], self.tokenizer.pad_token_id, device)
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.float, device=device)
+        out.update(scores=as_tensor([[fn(t) for fn in self.rewards.values()] for t in trajectories]),
+                   finished=torch.tensor([t.finished for t in trajectories], device=device),
+                   tool_calls=as_tensor([len(t.calls) for t in trajectories]),
+                   tool_errors=as_tensor([sum(not r.ok for _, r in t.calls) for t in trajectories]),
+                   trajectory_tokens=as_tensor([len(t.ids) for t in trajectories]))
+        return out
 
     def loss(self, model, batch, args):
-        trajectories, scores = self.rollout(model, batch, args)
-        device = next(unwrap(model).parameters()).device
-        scores = scores.to(device)
-        total = (scores * self.reward_weights(args, device)).sum(dim=1)
-        advantages = losses.group_advantages(total, args.num_generations)
-
-        ids, attention, generated = pad_trajectories(trajectories, self.tokenizer.pad_token_id, device)
-        position_ids = torch.arange(ids.shape[1], device=device).expand_as(ids)  # right padding: 0, 1, 2, ...
-        # position t predicts token t + 1, and only the sampled tokens are scored: the output layer runs on the
-        # positions from the earliest first reply of the batch on (the prompts, most of each row, are skipped)
-        keep = ids.shape[1] - min(t.generated.index(True) for t in trajectories)
-        # no padding mask: the rows are right-padded, so causal attention alone keeps every real token from seeing
-        # a pad (the pads' own outputs are not scored), and the attention runs without a (T, T) mask per row
-        inputs = dict(input_ids=ids[:, :-1], position_ids=position_ids[:, :-1], use_cache=False, logits_to_keep=keep)
-        loss_mask = generated[:, -keep:]
-        targets = ids[:, -keep:].masked_fill(~loss_mask, losses.IGNORE)
-        logprobs = -losses.token_cross_entropy(model(**inputs).logits, targets)
-        with torch.no_grad():
-            ref_logprobs = -losses.token_cross_entropy(self.reference(**inputs).logits, targets)
-        # one update per rollout batch: the sampling policy is the current one (see GRPO.loss)
-        loss, kl, clipped = losses.grpo_loss(logprobs, logprobs.detach(), ref_logprobs, advantages, loss_mask,
-                                             args.clip_eps, args.beta)
-        G = args.num_generations
-        group_std = total.view(-1, G).std(dim=1).repeat_interleave(G)
-        count = lambda flags: torch.tensor(float(sum(flags)), device=device)
-        sums = {f"reward_{name}": scores[:, i].sum() for i, name in enumerate(self.rewards)}
-        sums.update(reward=total.sum(), reward_std=group_std.sum(), kl=kl.sum(), clip_fraction=clipped.sum(),
-                    generated_tokens=loss_mask.sum().float(), trajectory_tokens=attention.sum().float(),
-                    tool_calls=count(len(t.calls) for t in trajectories),
-                    tool_errors=count(sum(not r.ok for _, r in t.calls) for t in trajectories),
-                    finished=count(t.finished for t in trajectories))
+        loss, sums = super().loss(model, batch, args)
+        sums.update(tool_calls=batch["tool_calls"].sum(), tool_errors=batch["tool_errors"].sum(),
+                    finished=batch["finished"].float().sum(), trajectory_tokens=batch["trajectory_tokens"].sum())
         return loss, sums

@@ -11,7 +11,6 @@ text is what the loss-bearing tokens decode to: data text, including added non-s
 counts its UTF-8 bytes; the tokenizer's special (control) tokens, e.g. end-of-text or end-of-turn, count 0 bytes
 although their NLL is in the total. For pretraining text that is exactly the UTF-8 size of the text.
 """
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
-from dataset.jsonl import KINDS
+from dataset.jsonl import KINDS, json_lines
 from . import losses
 
 
@@ -51,23 +50,16 @@ class Score:
 def detect_kind(path) -> str:
     """'pretrain', 'sft' or 'dpo' from the keys of the first non-blank line ({"text"}, {"conversations"},
     {"chosen", "rejected"}); ValueError naming the file when it is none of them."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-            if isinstance(record, dict):
-                if "text" in record:
-                    return "pretrain"
-                if "conversations" in record:
-                    return "sft"
-                if "chosen" in record and "rejected" in record:
-                    return "dpo"
-            raise ValueError(f"{path}:{line_no}: not a MiniMind record (expected a \"text\", \"conversations\" "
-                             f"or \"chosen\"/\"rejected\" key)")
+    for line_no, record in json_lines(path):  # the first record decides
+        if isinstance(record, dict):
+            if "text" in record:
+                return "pretrain"
+            if "conversations" in record:
+                return "sft"
+            if "chosen" in record and "rejected" in record:
+                return "dpo"
+        raise ValueError(f"{path}:{line_no}: not a MiniMind record (expected a \"text\", \"conversations\" "
+                         f"or \"chosen\"/\"rejected\" key)")
     raise ValueError(f"{path}: no records")
 
 

@@ -131,7 +131,7 @@ def train(stage, args, info):
     model.train()
     stage.train_mode(model)
 
-    steps_per_epoch = data.steps_per_epoch(args.batch_size, args.accumulation_steps, info)
+    steps_per_epoch = stage.steps_per_epoch(data, args, info)
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -172,9 +172,8 @@ def train(stage, args, info):
     window["start"] = time.time()
     try:
         for epoch in range(progress["epoch"], args.epochs):
-            skip = progress["epoch_step"] * args.accumulation_steps if epoch == progress["epoch"] else 0
-            micro_batches = data.micro_batches(epoch, args.batch_size, args.seed, info, skip)
             epoch_step = progress["epoch_step"] if epoch == progress["epoch"] else 0
+            micro_batches = stage.micro_batches(data, train_model, epoch, epoch_step, args, info)
             while step < total_steps:
                 group = [b for _, b in zip(range(args.accumulation_steps), micro_batches)]
                 if not group:

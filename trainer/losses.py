@@ -58,26 +58,60 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temp
     return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce.detach(), kl.detach()
 
 
-def group_advantages(rewards, group_size: int, eps: float = 1e-4):
-    """GRPO: each completion's reward minus its group's mean, over the group's std (groups are consecutive)."""
+def group_advantages(rewards, group_size: int, scale: str = "group", eps: float = 1e-4):
+    """GRPO advantages: each completion's reward minus its group's mean (groups are consecutive), divided by
+    the group's std (scale="group", the paper), by the std of all rewards in the batch ("batch", more robust
+    when a group's rewards are nearly equal) or not divided ("none", Dr. GRPO: the std weights easy and
+    hard prompts unequally)."""
     grouped = rewards.view(-1, group_size)
-    mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
-    return ((grouped - mean) / (std + eps)).view(-1)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "none":
+        return centred.view(-1)
+    std = grouped.std(dim=1, keepdim=True) if scale == "group" else rewards.std()
+    return (centred / (std + eps)).view(-1)
 
 
-def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask, clip_eps: float, beta: float):
-    """Clipped policy-gradient objective with a KL penalty to the reference, averaged over each completion's
-    tokens and summed over completions. Inputs are per token (N, T) except advantages (N,).
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
-    Returns (loss_sum, kl per completion (N,), clipped-token share per completion (N,))."""
+
+def grpo_token_weights(completion_mask, loss_type: str = "grpo", max_completion_length: int | None = None,
+                       items_per_token: float | None = None):
+    """How much each completion token counts in the summed loss, so that sum / (number of completions), which
+    is what the trainer takes, is the loss type's normalisation:
+      grpo     each completion's token mean (a long completion's tokens count less), summed over completions;
+      dr_grpo  tokens / max_completion_length (a constant: no length bias), summed over completions;
+      dapo     every token alike: tokens × (completions / tokens) over the whole optimizer step
+               (`items_per_token`; default: this batch's own ratio)."""
+    mask = completion_mask.float()
+    if loss_type == "grpo":
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    if loss_type == "dr_grpo":
+        return mask / max_completion_length
+    if loss_type == "dapo":
+        if items_per_token is None:
+            items_per_token = mask.shape[0] / mask.sum().clamp(min=1)
+        return mask * items_per_token
+    raise ValueError(f"unknown GRPO loss type {loss_type!r} (one of {', '.join(LOSS_TYPES)})")
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, completion_mask, clip_eps: float, beta: float,
+              token_weights=None):
+    """Clipped policy-gradient objective with a KL penalty to the reference. Inputs are per token (N, T) except
+    advantages (N,); `token_weights` (N, T) normalise the sum (grpo_token_weights; default: the "grpo" type).
+
+    Returns (loss_sum, kl per completion (N,), clipped-token share per completion (N,)): a token is clipped
+    when the clip cuts its gradient (ratio above 1 + ε with a positive advantage, below 1 − ε with a negative
+    one), so the share is 0 whenever the policy has not moved since sampling."""
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
     objective = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
     log_ratio_ref = ref_logprobs - logprobs
     kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1  # k3 estimator of KL(π‖π_ref), ≥ 0
     per_token = -(objective - beta * kl)
+    if token_weights is None:
+        token_weights = grpo_token_weights(completion_mask)
     mask = completion_mask.float()
     lengths = mask.sum(dim=1).clamp(min=1)
-    clipped = ((ratio - 1).abs() > clip_eps).float()
-    return ((per_token * mask).sum(dim=1) / lengths).sum(), ((kl * mask).sum(1) / lengths).detach(), \
+    clipped = (((ratio > 1 + clip_eps) & (adv > 0)) | ((ratio < 1 - clip_eps) & (adv < 0))).float()
+    return (per_token * token_weights).sum(), ((kl * mask).sum(1) / lengths).detach(), \
         ((clipped * mask).sum(1) / lengths).detach()

@@ -66,6 +66,15 @@ class Stage:
     def setup(self, args, model, tokenizer, info):
         pass
 
+    def steps_per_epoch(self, data, args, info) -> int:
+        """Optimizer steps in one epoch."""
+        return data.steps_per_epoch(args.batch_size, args.accumulation_steps, info)
+
+    def micro_batches(self, data, model, epoch: int, epoch_step: int, args, info):
+        """This epoch's micro-batches from optimizer step `epoch_step` on (a resumed epoch starts there); the
+        loop takes accumulation_steps of them per optimizer step."""
+        return data.micro_batches(epoch, args.batch_size, args.seed, info, epoch_step * args.accumulation_steps)
+
     def train_mode(self, model):
         pass
 
@@ -282,6 +291,11 @@ class Distillation(FullSFT):
 
 
 class GRPO(Stage):
+    """GRPO. One optimizer step: `rollouts()` samples G completions per prompt (through `rollout()`, one prompt
+    batch at a time), scores them and computes the advantages; `loss()` trains on them. A subclass with another
+    kind of rollout (multi-turn, tools) overrides `rollout()` only: it returns the sequences, which completion
+    tokens the model generated (the loss covers only those) and the reward scores, and the options below
+    (--num_iterations, --loss_type, --scale_rewards, --mask_truncated_completions) apply to it unchanged."""
     name, script, model_mode = "grpo", "train_grpo.py", 4
     label = "RL-tuned (GRPO) reasoning model"
     purpose = ("reasoning (RL reward)", ["well_formed"])
@@ -295,7 +309,7 @@ class GRPO(Stage):
     default_from = "reason"
     epochs, batch_size, accumulation_steps, learning_rate, max_seq_len = 1, 4, 1, 1e-6, 256
 
-    run_state = ("rewards", "tokenizer", "reference", "progress", "thinking")
+    run_state = ("rewards", "tokenizer", "eos_ids", "reference", "progress", "thinking")
 
     def add_arguments(self, p):
         g = p.add_argument_group("GRPO")
@@ -305,6 +319,25 @@ class GRPO(Stage):
         g.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling for the completions")
         g.add_argument("--beta", type=float, default=0.04, help="weight of the KL penalty to the reference model")
         g.add_argument("--clip_eps", type=float, default=0.2, help="PPO-style clipping of the probability ratio")
+        g.add_argument("--num_iterations", type=int, default=1,
+                       help="optimizer steps per rollout batch (μ): each batch of sampled completions is reused μ "
+                            "times against the log-probs of the policy that sampled it, so the clip bounds how far "
+                            "the policy moves (the clip fraction is logged); 1 = one step per batch (the ratio is "
+                            "then always 1). A run resumed in the middle of a batch's μ steps samples it again")
+        g.add_argument("--loss_type", choices=losses.LOSS_TYPES, default="grpo",
+                       help="normalisation of the token losses: grpo = mean over each completion's tokens, then over "
+                            "completions; dr_grpo = sum over tokens / (completions × max_new_tokens), no length "
+                            "bias; dapo = mean over all completion tokens of the optimizer step")
+        g.add_argument("--scale_rewards", choices=("group", "batch", "none"), default="group",
+                       help="advantage = reward − group mean, divided by the group's std (group), by the std of "
+                            "the optimizer step's rewards (batch), or not divided (none, Dr. GRPO)")
+        g.add_argument("--mask_truncated_completions", action="store_true",
+                       help="leave completions cut at --max_new_tokens (no end-of-turn token) out of the loss; "
+                            "they still count in the rewards and advantages")
+        g.add_argument("--sampler", choices=("engine", "generate"), default="engine",
+                       help="how completions are sampled: engine = inference/engine.py (each prompt prefilled once "
+                            "for its G samples, one batched decode loop), generate = transformers' generate() "
+                            "(slower; always used with --fsdp, whose ranks must decode in lockstep)")
         g.add_argument("--rewards", default="format,accuracy", help="comma-separated reward names (trainer/rewards.py)")
         g.add_argument("--format_weight_start", type=float, default=2.0,
                        help="weight of the format reward at the start, decaying linearly to 1 by the end")
@@ -324,11 +357,14 @@ class GRPO(Stage):
 
         if args.num_generations < 2:
             raise StageError("--num_generations must be at least 2 (advantages compare completions of a group)")
+        if args.num_iterations < 1:
+            raise StageError("--num_iterations must be at least 1")
         try:
             self.rewards = get_rewards(args.rewards)
         except ValueError as e:
             raise StageError(str(e)) from None
         self.tokenizer = tokenizer
+        self.eos_ids = [tokenizer.eos_token_id]
         self.thinking = template_opens_thinking(tokenizer)  # as build_data prompted
         self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.progress = 0.0
@@ -341,53 +377,147 @@ class GRPO(Stage):
                    for name in self.rewards]
         return torch.tensor(weights, device=device)
 
+    def completion_limit(self, args) -> int:
+        """The longest a completion can be (dr_grpo divides by it)."""
+        return args.max_new_tokens
+
+    # ---- rollouts
+
+    def steps_per_epoch(self, data, args, info):
+        return super().steps_per_epoch(data, args, info) * args.num_iterations
+
+    def micro_batches(self, data, model, epoch, epoch_step, args, info):
+        """Rollout micro-batches: each group of accumulation_steps prompt batches is sampled (lazily, so with the
+        policy of that moment) and then served num_iterations times, one optimizer step per pass. The sampling
+        seed depends only on (seed, epoch, rollout index, rank), so a resumed run samples what the first did."""
+        mu, per_step = args.num_iterations, args.accumulation_steps
+        index, first_pass = divmod(epoch_step, mu)
+        prompts = data.micro_batches(epoch, args.batch_size, args.seed, info, index * per_step)
+        while True:
+            group = [b for _, b in zip(range(per_step), prompts)]
+            if not group:
+                return
+            seed = ((args.seed * 1_000_003 + epoch) * 1_000_003 + index) * 1_009 + info.rank
+            rollouts = self.rollouts(model, group, args, info, seed)
+            for _ in range(first_pass, mu):
+                yield from rollouts
+            index, first_pass = index + 1, 0
+
     @torch.no_grad()
-    def sample(self, model, batch, args):
-        """G completions per prompt: (sequences (N, P+C), prompt mask (N, P), completion mask (N, C))."""
-        policy, G = unwrap(model), args.num_generations
-        prompts = batch["input_ids"].repeat_interleave(G, dim=0)
-        prompt_mask = batch["attention_mask"].repeat_interleave(G, dim=0)
-        policy.eval()
-        sequences = policy.generate(
-            input_ids=prompts, attention_mask=prompt_mask, do_sample=True, temperature=args.temperature,
-            top_p=args.top_p, top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            # sharded (--fsdp), every rank must run the same number of forward passes: finished ranks keep stepping
-            synced_gpus=getattr(args, "fsdp", False) and torch.distributed.is_initialized())
-        policy.train()
-        completion = sequences[:, prompts.shape[1]:]
-        is_eos = completion == self.tokenizer.eos_token_id
-        # keep tokens up to and including the first end-of-turn; generate pads after it
-        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-        return sequences, prompt_mask, ~after_eos
+    def generate(self, model, input_ids, attention_mask, num_samples: int, args, generator):
+        """`num_samples` sampled completions of each left-padded prompt (rows prompt-major), as the engine's
+        Completions (tokens padded after each row's end token, lengths, finished)."""
+        from inference.engine import Completions, generate_batch
+
+        policy = unwrap(model)
+        sharded = getattr(args, "fsdp", False) and torch.distributed.is_initialized()
+        pad = self.tokenizer.pad_token_id
+        if args.sampler == "engine" and not sharded:
+            return generate_batch(policy, input_ids, attention_mask, num_samples=num_samples,
+                                  max_new_tokens=args.max_new_tokens, eos_token_ids=self.eos_ids, pad_token_id=pad,
+                                  temperature=args.temperature, top_p=args.top_p, generator=generator)
+        # generate() draws from the global RNG: seed it from our generator, leave it as it was after
+        devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device)))
+            was_training = policy.training
+            policy.eval()
+            sequences = policy.generate(
+                input_ids=input_ids.repeat_interleave(num_samples, dim=0),
+                attention_mask=attention_mask.repeat_interleave(num_samples, dim=0), do_sample=True,
+                temperature=args.temperature, top_p=args.top_p, top_k=0, max_new_tokens=args.max_new_tokens,
+                pad_token_id=pad, eos_token_id=self.eos_ids or None,
+                synced_gpus=sharded)  # sharded, every rank must run the same number of forward passes
+            policy.train(was_training)
+        tokens = sequences[:, input_ids.shape[1]:]
+        is_eos = torch.isin(tokens, torch.as_tensor(self.eos_ids, dtype=torch.long, device=tokens.device))
+        finished = is_eos.any(dim=1)
+        lengths = torch.where(finished, is_eos.int().argmax(dim=1) + 1, tokens.shape[1])  # up to the first end
+        return Completions(tokens, lengths, finished)
+
+    def rollout(self, model, batch, args, generator) -> dict:
+        """One prompt batch's completions, scored. Returns, for N = prompts × G rows (G consecutive rows per prompt):
+          sequences (N, P + C)      prompt and completion token ids
+          prompt_mask (N, P)        1 on real prompt tokens (prompts are left-padded)
+          completion_mask (N, C)    True on the completion tokens the model generated: the loss covers these
+          completion_attention (N, C)  (optional) True on every real completion token; defaults to
+                                    completion_mask (a multi-turn rollout adds tool results the model reads but
+                                    did not write)
+          finished (N,)             the completion ended by itself (False: cut at the length limit)
+          scores (N, len(self.rewards))  each reward of each completion."""
+        G = args.num_generations
+        prompts, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        completions = self.generate(model, prompts, prompt_mask, G, args, generator)
+        completion_mask = completions.mask
+        pad = self.tokenizer.pad_token_id
+        texts = self.tokenizer.batch_decode(completions.tokens.masked_fill(~completion_mask, pad),
+                                            skip_special_tokens=True)
+        texts = [reply_in_turn(t, self.thinking) for t in texts]  # judged as the turn reads
+        references = [r for r in batch["references"] for _ in range(G)]
+        scores = torch.tensor([[fn(t, r) for fn in self.rewards.values()] for t, r in zip(texts, references)],
+                              dtype=torch.float, device=prompts.device)
+        return {"sequences": torch.cat([prompts.repeat_interleave(G, dim=0), completions.tokens], dim=1),
+                "prompt_mask": prompt_mask.repeat_interleave(G, dim=0), "completion_mask": completion_mask,
+                "finished": completions.finished, "scores": scores}
+
+    def rollouts(self, model, prompt_batches, args, info, seed: int) -> list[dict]:
+        """One optimizer step's rollout micro-batches, one per prompt batch: `rollout()`'s output plus the total
+        reward, the advantages (over all the step's batches, for --scale_rewards batch), the loss mask and the
+        token weight --loss_type dapo needs."""
+        from .distributed import all_reduce_sum
+        from .precision import autocast_dtype
+
+        device, G = info.device, args.num_generations
+        amp = autocast_dtype(args.dtype, device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        out = []
+        for batch in prompt_batches:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                r = self.rollout(model, batch, args, generator)
+            r.setdefault("completion_attention", r["completion_mask"])
+            loss_mask = r["completion_mask"]
+            if args.mask_truncated_completions:
+                loss_mask = loss_mask & r["finished"][:, None]
+            r.update(loss_mask=loss_mask, reward=(r["scores"] * self.reward_weights(args, device)).sum(dim=1),
+                     num_items=batch["num_items"], num_tokens=int(r["completion_mask"].sum()),
+                     saved={})  # filled by the first loss() on this rollout: old and reference log-probs
+            out.append(r)
+        rewards = torch.cat([r["reward"] for r in out])
+        advantages = losses.group_advantages(rewards, G, args.scale_rewards).split([len(r["reward"]) for r in out])
+        # dapo: one token weight for the whole optimizer step, over all ranks
+        totals = all_reduce_sum(torch.tensor([float(sum(r["num_items"] for r in out)),
+                                              float(sum(r["loss_mask"].sum() for r in out))], device=device), info)
+        items_per_token = float(totals[0] / totals[1].clamp(min=1))
+        for r, adv in zip(out, advantages):
+            r.update(advantages=adv, items_per_token=items_per_token)
+        return out
 
     def loss(self, model, batch, args):
-        sequences, prompt_mask, completion_mask = self.sample(model, batch, args)
+        sequences, prompt_mask, loss_mask = batch["sequences"], batch["prompt_mask"], batch["loss_mask"]
         P = prompt_mask.shape[1]
-        completions = self.tokenizer.batch_decode(sequences[:, P:].masked_fill(~completion_mask, self.tokenizer.pad_token_id),
-                                                  skip_special_tokens=True)
-        completions = [reply_in_turn(c, self.thinking) for c in completions]  # judged as the turn reads
-        references = [r for r in batch["references"] for _ in range(args.num_generations)]
-        scores = torch.tensor([[fn(c, r) for fn in self.rewards.values()] for c, r in zip(completions, references)],
-                              device=sequences.device)  # (N, n_rewards)
-        total = (scores * self.reward_weights(args, sequences.device)).sum(dim=1)
-        advantages = losses.group_advantages(total, args.num_generations)
-
-        attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
+        attention_mask = torch.cat([prompt_mask, batch["completion_attention"].long()], dim=1)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         inputs = dict(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        targets = sequences[:, P:].masked_fill(~completion_mask, losses.IGNORE)
+        targets = sequences[:, P:].masked_fill(~loss_mask, losses.IGNORE)
         logprobs = -losses.token_cross_entropy(model(**inputs).logits[:, P - 1:-1], targets)
-        with torch.no_grad():
-            ref_logprobs = -losses.token_cross_entropy(self.reference(**inputs).logits[:, P - 1:-1], targets)
-        # one update per sampled batch: the sampling policy is the current one, so the ratio is 1 (its gradient
-        # is the policy gradient) and clipping only matters if samples were reused
-        loss, kl, clipped = losses.grpo_loss(logprobs, logprobs.detach(), ref_logprobs, advantages, completion_mask,
-                                             args.clip_eps, args.beta)
-        group_std = total.view(-1, args.num_generations).std(dim=1).repeat_interleave(args.num_generations)
-        sums = {f"reward_{name}": scores[:, i].sum() for i, name in enumerate(self.rewards)}
+        saved = batch["saved"]
+        if "old" not in saved:
+            # the first pass over this rollout: the policy is still the one that sampled it, so its log-probs are
+            # the old ones every later pass (--num_iterations) compares against
+            saved["old"] = logprobs.detach()
+            with torch.no_grad():
+                saved["reference"] = -losses.token_cross_entropy(self.reference(**inputs).logits[:, P - 1:-1], targets)
+        weights = losses.grpo_token_weights(loss_mask, args.loss_type, self.completion_limit(args),
+                                            batch["items_per_token"])
+        loss, kl, clipped = losses.grpo_loss(logprobs, saved["old"], saved["reference"], batch["advantages"],
+                                             loss_mask, args.clip_eps, args.beta, weights)
+        G, total = args.num_generations, batch["reward"]
+        group_std = total.view(-1, G).std(dim=1).repeat_interleave(G)
+        sums = {f"reward_{name}": batch["scores"][:, i].sum() for i, name in enumerate(self.rewards)}
         sums.update(reward=total.sum(), reward_std=group_std.sum(), kl=kl.sum(), clip_fraction=clipped.sum(),
-                    completion_length=completion_mask.sum().float())
+                    completion_length=batch["completion_mask"].sum().float(),
+                    truncated=(~batch["finished"]).float().sum())
         return loss, sums
 
 

@@ -13,8 +13,10 @@ Each task is rolled out G times (--num_generations), all B·G conversations of a
 The sequence trained on is what the model saw and sampled: the prompt, each reply's sampled tokens and the
 template's tokens for the tool turns in between. The loss covers only the sampled tokens (their end-of-turn
 included): the prompt, the tool results and the generation prompts are context. Each trajectory gets the weighted
-sum of its rewards (trainer/agent_rewards.py), advantages compare the G trajectories of a task, and the loss is
-GRPO's (trainer/losses.py), with the KL penalty to the frozen starting model.
+sum of its rewards (trainer/agent_rewards.py). The stage overrides GRPO's `rollout()` only: the trajectories go
+back in GRPO's layout (prompt, then the rest with the sampled tokens as the loss mask), so the advantages over the
+G trajectories of a task, the loss, the KL penalty and GRPO's options (--num_iterations, --loss_type, ...) are
+GRPO's own.
 
 Why not inference/tool_loop.run_tool_loop itself: it re-renders the conversation from the parsed replies every
 round, so what it feeds back is the template's rendering of a reply rather than the tokens sampled (the policy
@@ -167,7 +169,7 @@ def roll_out(tasks, prompts, generate, tokenizer, *, num_samples: int, max_tool_
     """G = num_samples trajectories per task (task-major: rows t·G … t·G + G − 1 belong to task t).
 
     `generate(contexts, num_samples) -> [(new token ids, ended with end-of-turn?)]` samples one reply per context
-    and sample (context-major); `engine_generate` is the model's. The first round samples G replies to each
+    and sample (context-major); `sampler` wraps the policy's. The first round samples G replies to each
     distinct prompt (one prefill per prompt); later rounds one reply per live trajectory."""
     eos = tokenizer.eos_token_id
     trajectories = [Trajectory(task, list(prompt), thinking) for task, prompt in zip(tasks, prompts)

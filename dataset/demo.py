@@ -219,6 +219,8 @@ def make_demo_data(out_dir, seed: int = 0, scale: float = 1.0) -> dict:
     replay = mix_rng.sample(files["sft"][0], min(len(files["sft"][0]), int(CHAT_REPLAY * scale)))
     files["reason_tools"] = (files["reason"][0] + tool_and_thinking_lines(mix_rng, scale) + replay,
                              "r1_tool_mix.jsonl")
+    # the agent stage's tasks (train_agent.py): tool tasks with their reference answers, none of them a held-out task
+    files["agent"] = (agent_task_lines(random.Random(seed + 11), int(AGENT_TASKS * scale) or 1), "agent_tasks.jsonl")
     paths = {}
     for name, (rows, filename) in files.items():
         write_jsonl(out_dir / filename, rows)
@@ -412,3 +414,29 @@ def tool_and_thinking_lines(rng, scale: float = 1.0) -> list[dict]:
     rows = tool_lines(rng, int(TOOL_CONVERSATIONS * scale)) + thinking_lines(rng, int(THINKING_CONVERSATIONS * scale))
     rng.shuffle(rows)
     return rows
+
+
+# ---------------------------------------------------------------- agentic RL tasks (train_agent.py)
+
+AGENT_TASKS = 400  # at scale 1
+
+
+def agent_task_lines(rng, n: int, heldout_seed: int = DEMO_HELDOUT_SEED) -> list[dict]:
+    """Tool tasks for the agent stage, in the held-out file's format (the question, the tools offered, the calls
+    expected and what the answer must contain), drawn like the held-out ones; any question the held-out tool
+    file (`write_demo_heldout`'s tools.jsonl at `heldout_seed`) asks is left out, so the demo's before → after is
+    measured on tasks the stage never trained on."""
+    held_out = {r["messages"][-1]["content"] for r in tool_heldout_lines(random.Random(heldout_seed + 3))
+                if r.get("tools")}
+    kinds = list(TOOL_TASKS)
+    out = []
+    while len(out) < n:
+        kind = kinds[len(out) % len(kinds)]
+        question, calls, _, must = _tool_task(rng, kind)
+        if question in held_out:
+            continue
+        out.append({"kind": kind, "tools": _tool_schemas(_offered_tools(rng, calls)),
+                    "messages": [{"role": "system", "content": rng.choice(TOOL_SYSTEM_PROMPTS)},
+                                 {"role": "user", "content": question}],
+                    "expected_calls": [call for call, _ in calls], "answer": must})
+    return out

@@ -2,7 +2,8 @@
 
 `diagnose` / `is_well_formed` are the definition; the GRPO `format` reward (`format_score`, full credit exactly when
 the reply is well formed) and the evaluation's well-formed share (`format_share`) both use it, so training rewards
-what the evaluation counts.
+what the evaluation counts. `turn_is_well_formed` is the same for a turn in MiniMind-3's tool-calling format (an
+optional think block, then content and calls): the tool evaluation and the agent stage's `format` reward use it.
 
 A reply is judged as its assistant turn reads. The chat template's thinking switch writes the opening `<think>` into
 the prompt, so a completion of such a prompt starts inside the reasoning: `reply_in_turn` puts the tag back, and
@@ -10,7 +11,7 @@ GRPO and the evaluation both judge that (both prompt with the switch on where th
 """
 import re
 
-from .chat_format import THINKING_ON_PROMPT
+from .chat_format import THINKING_ON_PROMPT, parse_assistant
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
@@ -43,6 +44,20 @@ def reply_in_turn(completion: str, thinking: bool) -> str:
     """The reply as the assistant turn reads: `thinking` (the prompt opened the <think> block) puts the prompt's
     opening back in front of the completion."""
     return THINKING_ON_PROMPT + completion if thinking else completion
+
+
+def turn_is_well_formed(text: str, thinking: bool) -> bool:
+    """A generated assistant turn in MiniMind-3's chat format (the tool-calling template) is well formed when
+    parse_assistant reads it without problems (every <tool_call> block closed and readable JSON, no unclosed
+    <think>) and it obeys the thinking switch: `thinking` (the prompt opened the <think> block) → it reasons, in a
+    non-empty closed block; off → no think tag at all. The evaluation's thinking-on/off measures
+    (inference/toolcall_eval.py) and the agent stage's `format` reward both use this definition."""
+    reply = parse_assistant(text, thinking=thinking)
+    if reply.problems:
+        return False
+    if thinking:
+        return bool(reply.reasoning_content)
+    return THINK_OPEN not in text and THINK_CLOSE not in text
 
 
 def is_well_formed(text: str) -> bool:

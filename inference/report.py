@@ -450,6 +450,9 @@ def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int,
         report["reason"][f"{key}_example"] = replies[0] if replies else ""
     if heldout.get("tools"):
         report["tools"] = measure_demo_tools(folders, heldout["tools"], rows)
+        agent = out / f"agent_{dim}"
+        if (agent / "config.json").exists():
+            report["agent"] = measure_demo_agent(agent, heldout["tools"], report["tools"])
     return report, evaluation
 
 
@@ -478,6 +481,8 @@ def demo_summary(report, times, out, dim: int) -> str:
     lines.append(f"  example: {reason['after_example']!r}")
     if report.get("tools"):
         lines += tools_summary(report["tools"])
+    if report.get("agent"):
+        lines += agent_summary(report["agent"], times.get("agent"))
     lines.append("\nTime per stage (s): " + ", ".join(f"{k} {v}" for k, v in times.items()))
     lines.append(f"Loss curves: {out}/runs/<stage>_{dim}/loss.png; models in {out}/; chat with e.g.\n"
                  f"  python eval_model.py --out_dir {out} --dim {dim} --model_mode 1 --lora_name "
@@ -533,6 +538,39 @@ def tools_summary(tools: dict) -> list[str]:
                           for c in message["tool_calls"]]
             else:
                 lines.append(f"    answer: {message['content']!r}")
+    return lines
+
+
+# the held-out measures the agent stage is judged on, first the one it is for
+AGENT_MEASURES = ("answer_with_tools", "right_calls", "right_arguments", "valid_calls")
+
+
+def measure_demo_agent(folder, tools_file, tools: dict) -> dict:
+    """The agent stage's held-out tool-task measures (the tool tasks of the held-out file, greedy) against those of
+    the model it started from, the reasoning stage's, already measured in `tools` (measure_demo_tools)."""
+    from .toolcall_eval import measure_tool_use, read_tool_file
+
+    records = [r for r in read_tool_file(tools_file) if r["tools"]]  # the thinking prompts are not its target
+    model, tokenizer = load_model(folder)
+    after = measure_tool_use(model, tokenizer, records, without_tools=False)
+    before = tools["after"]
+    return {"before_model": tools["after_model"], "after_model": "agent", "tasks": len(records),
+            "before": {m: before["measures"].get(m) for m in AGENT_MEASURES},
+            "after": {m: after["measures"].get(m) for m in AGENT_MEASURES},
+            "by_kind_after": {k: v.get("answer_with_tools") for k, v in after["by_kind"].items()},
+            "by_kind_before": {k: v.get("answer_with_tools") for k, v in before["by_kind"].items() if k != "thinking"}}
+
+
+def agent_summary(agent: dict, seconds=None) -> list[str]:
+    """The demo's lines for the agent stage: held-out tool-task success before → after."""
+    from .toolcall_eval import MEASURE_LABELS
+
+    took = f", {seconds} s" if seconds is not None else ""
+    lines = [f"\nAgent stage (train_agent.py: RL with the tool calls run in the rollouts{took}) on the "
+             f"{agent['tasks']} held-out tool tasks (greedy): {agent['before_model']} → {agent['after_model']}"]
+    for name in AGENT_MEASURES:
+        lines.append(f"  {MEASURE_LABELS[name]:<24} {_share_text(agent['before'][name]):>5} → "
+                     f"{_share_text(agent['after'][name])}")
     return lines
 
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from dataset.jsonl import json_lines
 
-from .chat_format import THINK_CLOSE, THINK_OPEN, FormatError, check_call, normalize_tool_calls, normalize_tools, \
+from .chat_format import FormatError, check_call, normalize_tool_calls, normalize_tools, \
     parse_assistant
 from .generation import generate
+from .reasoning import turn_is_well_formed
 from .tool_loop import render_prompt, run_tool_loop
 from .tools import BUILTIN_TOOLS, Toolbox
 
@@ -44,7 +45,9 @@ class ToolFileError(ValueError):
     """A bad line in a tool evaluation file; the message reads `path:line: field: problem`."""
 
 
-def _record(raw, where: str) -> dict:
+def parse_task(raw, where: str) -> dict:
+    """One task of the file format above, checked: {"kind", "tools", "messages", "expected_calls", "answer"};
+    ToolFileError `where: field: problem` otherwise. (train_agent.py reads its tasks with it too.)"""
     if not isinstance(raw, dict):
         raise ToolFileError(f"{where}: expected a JSON object")
     messages = raw.get("messages", raw.get("conversations"))
@@ -81,7 +84,7 @@ def read_tool_file(path) -> list[dict]:
     if not path.is_file():
         raise ToolFileError(f"{path} not found (`python scripts/eval_report.py --write_demo_heldout DIR` writes the "
                             f"demo world's tools.jsonl)")
-    records = [_record(raw, f"{path}:{line_no}") for line_no, raw in json_lines(path, ToolFileError)]
+    records = [parse_task(raw, f"{path}:{line_no}") for line_no, raw in json_lines(path, ToolFileError)]
     if not records:
         raise ToolFileError(f"{path}: no tasks")
     return records
@@ -108,8 +111,22 @@ def calls_match(got: dict, expected: dict) -> bool:
     return got["name"] == expected["name"] and arguments_match(got["arguments"], expected["arguments"])
 
 
-def _contains_all(text: str, strings) -> bool:
+def answer_correct(text: str, strings) -> bool:
+    """The final answer is right: it contains every expected string (ignoring case). The evaluation's measure and
+    the agent stage's `answer` reward (trainer/agent_rewards.py) both use this one check."""
     return all(s.lower() in (text or "").lower() for s in strings)
+
+
+def valid_calls(reply, tools) -> bool:
+    """A reply makes calls, every <tool_call> block of it is readable JSON, and every call names an offered
+    function with its required arguments (the `valid calls` measure; the agent stage's `calls` reward)."""
+    return bool(reply.tool_calls) and not reply.problems and all(check_call(c, tools) is None for c in reply.tool_calls)
+
+
+def task_toolbox(record) -> Toolbox:
+    """The tools a task offers: built-in names run the built-in, others answer "no implementation"."""
+    return Toolbox(record["tools"], {t["function"]["name"]: BUILTIN_TOOLS[t["function"]["name"]]
+                                     for t in record["tools"] if t["function"]["name"] in BUILTIN_TOOLS})
 
 
 def _share(flags):
@@ -117,9 +134,9 @@ def _share(flags):
 
 
 def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_new_tokens: int = 80,
-                     progress: bool = False, generate_fn=None) -> dict:
+                     progress: bool = False, generate_fn=None, without_tools: bool = True) -> dict:
     """The measures of the module docstring on `records` (read_tool_file's), greedy. `generate_fn(prompt) -> text`
-    replaces the model (tests, other back ends). Returns {"measures": {name: share or None}, "counts": {...},
+    replaces the model (tests, other back ends); `without_tools=False` skips asking the questions without tools. Returns {"measures": {name: share or None}, "counts": {...},
     "by_kind": {kind: {name: share}}, "settings": {...}, "tasks": [...]}."""
     greedy = dict(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
     if generate_fn is None:
@@ -134,36 +151,33 @@ def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_
     for record in iterator:
         task = {"kind": record["kind"], "question": record["messages"][-1].get("content", "")}
         if record["tools"]:
-            box = Toolbox(record["tools"], {t["function"]["name"]: BUILTIN_TOOLS[t["function"]["name"]]
-                                            for t in record["tools"] if t["function"]["name"] in BUILTIN_TOOLS})
-            loop = run_tool_loop(model, tokenizer, record["messages"], box, open_thinking=False,
+            loop = run_tool_loop(model, tokenizer, record["messages"], task_toolbox(record), open_thinking=False,
                                  max_tool_calls=max_tool_calls, generate_fn=generate_fn)
             first = parse_assistant(loop.texts[0], thinking=False)
             expected = record["expected_calls"]
             made = [call for call, _ in loop.calls]
             task.update(
                 first_reply=loop.texts[0], transcript=loop.messages[len(record["messages"]):],
-                valid_calls=bool(first.tool_calls) and not first.problems
-                and all(check_call(c, record["tools"]) is None for c in first.tool_calls),
+                valid_calls=valid_calls(first, record["tools"]),
                 right_function=bool(first.tool_calls) and bool(expected) and first.tool_calls[0]["name"] == expected[0]["name"],
                 right_arguments=bool(first.tool_calls) and bool(expected) and calls_match(first.tool_calls[0], expected[0]),
                 right_calls=len(made) == len(expected) and all(calls_match(g, e) for g, e in zip(made, expected)),
-                answer_with_tools=_contains_all(loop.answer, record["answer"]) if record["answer"] else None)
-            if record["answer"]:
+                answer_with_tools=answer_correct(loop.answer, record["answer"]) if record["answer"] else None)
+            if record["answer"] and without_tools:
                 plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
                 bare = generate_fn(render_prompt(tokenizer, plain, None, False))
                 task.update(answer_no_tools_reply=bare,
-                            answer_without_tools=_contains_all(parse_assistant(bare).content, record["answer"]))
+                            answer_without_tools=answer_correct(parse_assistant(bare).content, record["answer"]))
         else:
             on = generate_fn(render_prompt(tokenizer, record["messages"], None, True))
             off = generate_fn(render_prompt(tokenizer, record["messages"], None, False))
             on_reply, off_reply = parse_assistant(on, thinking=True), parse_assistant(off, thinking=False)
             task.update(thinking_on_reply=on, thinking_off_reply=off,
-                        thinking_on=bool(on_reply.reasoning_content) and not on_reply.problems,
-                        thinking_off=THINK_OPEN not in off and THINK_CLOSE not in off and not off_reply.reasoning_content)
+                        thinking_on=turn_is_well_formed(on, thinking=True),
+                        thinking_off=turn_is_well_formed(off, thinking=False))
             if record["answer"]:
-                task.update(answer_thinking_on=_contains_all(on_reply.content, record["answer"]),
-                            answer_thinking_off=_contains_all(off_reply.content, record["answer"]))
+                task.update(answer_thinking_on=answer_correct(on_reply.content, record["answer"]),
+                            answer_thinking_off=answer_correct(off_reply.content, record["answer"]))
         tasks.append(task)
 
     def shares(selected):

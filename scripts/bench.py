@@ -34,6 +34,7 @@ Examples:
     python scripts/bench.py --rollout --skip peak,train,generation,packing --dtype float32   # rollouts only
     python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
     python scripts/bench.py --server demo,small   # server throughput, concurrent vs sequential clients
+    python scripts/bench.py --agent_memory        # agentic RL: peak step memory against --max_tool_turns 1/2/4
 """
 import argparse
 import contextlib
@@ -130,6 +131,10 @@ def parse_args(argv=None):
     p.add_argument("--server_clients", default="1,4,16", help="comma-separated numbers of concurrent clients")
     p.add_argument("--server_tokens", type=int, default=64, help="new tokens per request (greedy, min = max)")
     p.add_argument("--server_reps", type=int, default=2, help="repetitions of each measurement (median reported)")
+    p.add_argument("--agent_memory", nargs="?", const="demo", default=None, metavar="PRESET",
+                   help="only measure an agent-RL training step (train_agent.py: 4 tasks x 8 trajectories, replies of "
+                        "48 tokens that always call a tool) on PRESET (default demo): peak memory and time against "
+                        "--max_tool_turns 1, 2 and 4")
     p.add_argument("--pretrain_data", default=str(DEFAULT_KIT / "pretrain.jsonl"))
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss curves")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the loss-curve runs (cosine to a tenth)")
@@ -994,6 +999,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
+    if args.agent_memory:
+        return agent_memory_main(args, device)
     shape = model_shape(args.config)
     has_bf16 = native_bf16(device)
     if args.dtype is None:
@@ -1114,6 +1121,94 @@ def busy_note(config, notes, what="absolute rates are low and noisy; the interle
         if others >= 1.0:
             notes.append(f"the machine was busy (1-min load average {config['loadavg_start']} at the start, "
                          f"{config['loadavg_end']} at the end, {config['cpu_count']} CPUs): {what}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# agentic RL: step memory against the number of tool rounds
+
+def bench_agent_memory(args, device, turns_list=(1, 2, 4), tasks=4, group=8, reply_tokens=48) -> dict:
+    """Peak memory (PeakMemory: RSS above the idle process on CPU) and time of one steady-state agent-RL step: the
+    rollout (tool calls run, tool turns rendered), the loss's policy and reference forwards, backward and AdamW.
+    The replies are scripted, each `reply_tokens` long and always calling the task's first tool, so every
+    trajectory makes max_tool_turns rounds of calls and one more reply: the longest trajectories the setting allows
+    (a model's own replies end sooner or later, so its steps take at most this). Sampling itself is not timed."""
+    from types import SimpleNamespace
+
+    from dataset.demo import agent_task_lines
+    from inference.tool_loop import render_prompt
+    from trainer.agent import Agent, AgentCollator, encode
+
+    torch.manual_seed(args.seed)
+    shape = model_shape(args.agent_memory)
+    model = build_ours(shape, device).train()
+    tokenizer = load_tokenizer()
+    rows = agent_task_lines(random.Random(args.seed), tasks)
+    batch = AgentCollator(group)([[{"task": r, "input_ids": encode(tokenizer, render_prompt(
+        tokenizer, r["messages"], r["tools"], False))}] for r in rows])
+    call = rows[0]["expected_calls"][0]
+    text = f'<tool_call>\n{{"name": "{call["name"]}", "arguments": {json.dumps(call["arguments"])}}}\n</tool_call>'
+    reply = encode(tokenizer, text)
+    reply = encode(tokenizer, " ok" * (reply_tokens - 1 - len(reply))) + reply + [tokenizer.eos_token_id]
+
+    def always_calls(contexts, num_samples):
+        return [(list(reply), True)] * (len(contexts) * num_samples)
+
+    from trainer.distributed import DistInfo
+
+    settings = SimpleNamespace(num_generations=group, max_new_tokens=reply_tokens, max_seq_len=1 << 16,
+                               temperature=1.0, top_p=1.0, clip_eps=0.2, beta=0.04, format_weight_start=1.0,
+                               rewards="answer,calls,format,unfinished", open_thinking=False, max_tool_turns=1,
+                               num_iterations=1, loss_type="grpo", scale_rewards="group",
+                               mask_truncated_completions=False, sampler="engine", dtype="float32")
+    stage = Agent()
+    stage.setup(settings, model, tokenizer, None)
+    stage.generator = lambda model, args, generator: always_calls
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    info = DistInfo(device=device)
+
+    def step():
+        (rollout,) = stage.rollouts(model, [batch], settings, info, seed=args.seed)
+        loss, sums = stage.loss(model, rollout, settings)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    result = {"preset": args.agent_memory, "params": model.num_parameters(), "tasks": tasks, "group": group,
+              "reply_tokens": reply_tokens, "rows": []}
+    for turns in turns_list:
+        settings.max_tool_turns = turns
+        log(f"agent memory: --max_tool_turns {turns} ...")
+        step()  # warm-up: optimizer state allocated
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            sums = step()
+            seconds = time.perf_counter() - start
+        n = tasks * group
+        result["rows"].append({"max_tool_turns": turns, "trajectory_tokens": round(float(sums["trajectory_tokens"]) / n, 1),
+                               "generated_tokens": round(float(sums["completion_length"]) / n, 1),
+                               "step_mem_mib": None if mem.mib is None else round(mem.mib, 1),
+                               "step_s": round(seconds, 2)})
+    return result
+
+
+def agent_memory_main(args, device):
+    r = bench_agent_memory(args, device)
+    r["loadavg_end"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        print(json.dumps(r))
+        return r
+    what = "RSS above the idle process" if device.type == "cpu" else "max_memory_allocated above the idle model"
+    print(f"agent-RL step: {r['preset']} preset ({r['params'] / 1e6:.1f}M params), {r['tasks']} tasks x "
+          f"{r['group']} trajectories, replies of {r['reply_tokens']} tokens that always call a tool, {device}, "
+          f"{args.threads} threads; step memory = peak {what} during one steady-state step (rollout, policy and "
+          f"reference forwards, backward, AdamW)")
+    print(f"{'max_tool_turns':>14} {'tokens/trajectory':>18} {'generated':>10} {'step MiB':>9} {'step s':>7}")
+    for row in r["rows"]:
+        mem = "-" if row["step_mem_mib"] is None else f"{row['step_mem_mib']:,.0f}"
+        print(f"{row['max_tool_turns']:>14} {row['trajectory_tokens']:>18,.0f} {row['generated_tokens']:>10,.0f} "
+              f"{mem:>9} {row['step_s']:>7.2f}")
+    return r
 
 
 if __name__ == "__main__":

@@ -523,7 +523,9 @@ class GRPO(Stage):
 
 PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL = Pretrain(), FullSFT(), LoRA(), DPO(), DistillReason(), Distillation()
 GRPO_STAGE = GRPO()
-ALL_STAGES = (PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL, GRPO_STAGE)  # pipeline order
+from .agent import Agent  # noqa: E402  (a GRPO subclass in its own module, imported once GRPO exists)
+AGENT_STAGE = Agent()
+ALL_STAGES = (PRETRAIN, FULL_SFT, LORA, DPO_STAGE, REASON, DISTILL, GRPO_STAGE, AGENT_STAGE)  # pipeline order
 
 # Derived tables (nothing else declares stages)
 MODEL_MODES = dict(sorted((s.model_mode, s) for s in ALL_STAGES if s.model_mode is not None))

@@ -582,8 +582,10 @@ def demo_adapter_figures(sft: dict, with_lora: dict) -> dict:
     """What the identity adapter adds and costs, and what SFT taught, from the evaluation rows of the SFT model
     and of the SFT model with the adapter on."""
     off, on = sft["metrics"], with_lora["metrics"]
-    return {"identity_sentence": on.get("identity_clean"), "chat_ppl_off": off.get("chat_ppl"),
-            "chat_ppl_on": on.get("chat_ppl"), "fact_acc_off": off.get("fact_acc"), "fact_acc_on": on.get("fact_acc"),
+    ppl_off, ppl_on = off.get("chat_ppl"), on.get("chat_ppl")
+    return {"identity_sentence": on.get("identity_clean"), "chat_ppl_off": ppl_off, "chat_ppl_on": ppl_on,
+            "chat_ppl_ratio": ppl_on / ppl_off if ppl_off and ppl_on else None,
+            "fact_acc_off": off.get("fact_acc"), "fact_acc_on": on.get("fact_acc"),
             "sum_acc_off": off.get("sum_acc"), "sum_acc_on": on.get("sum_acc"),
             "fact_examples": (sft["details"].get("fact_answers") or [])[:3]}
 
@@ -596,10 +598,9 @@ def demo_adapter_lines(figures) -> list[str]:
     if figures.get("identity_sentence") is not None:
         lines.append(f"Identity answers that name it and read as sentences (every word in the training data): "
                      f"{pct(figures['identity_sentence'])}")
-    if figures.get("chat_ppl_off") and figures.get("chat_ppl_on"):
-        ratio = figures["chat_ppl_on"] / figures["chat_ppl_off"]
+    if figures.get("chat_ppl_ratio"):
         lines.append(f"Held-out chat perplexity, adapter off → on: {figures['chat_ppl_off']:.3f} → "
-                     f"{figures['chat_ppl_on']:.3f} ({ratio:.2f}×)")
+                     f"{figures['chat_ppl_on']:.3f} ({figures['chat_ppl_ratio']:.2f}×)")
     if figures.get("fact_acc_off") is not None:
         lines.append(f"Held-out fact questions answered exactly (capitals, colours; new phrasings), adapter off → on: "
                      f"{pct(figures['fact_acc_off'])} → {pct(figures['fact_acc_on'])}; sums "

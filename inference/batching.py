@@ -238,12 +238,12 @@ class Batcher:
         return sequence
 
     def stop(self, timeout=None):
+        # joined under the lock: a submit() meanwhile waits, then starts a fresh worker, never one beside this one
         with self._start_lock:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._inbox.put(_STOP)
-        if thread is not None:
-            thread.join(timeout)
+                thread.join(timeout)
 
     # -- the worker
     def _work(self):
@@ -254,9 +254,9 @@ class Batcher:
                 try:
                     while True:
                         item = self._inbox.get(block=not self.rows and not waiting)
-                        if item is _STOP:
+                        if item is _STOP:  # a request cut off by shutdown ends with an error, not as if complete
                             for sequence in self.rows + waiting:
-                                sequence._finish()
+                                sequence._finish(RuntimeError("the server is shutting down"))
                             self._reset()
                             return
                         waiting.append(item)

@@ -399,9 +399,11 @@ def write_report(report, report_dir) -> dict:
 DEMO_CHAT_PROMPTS = ["What is the capital of France?", "What is 3 plus 4?", "天空是什么颜色的？"]
 
 
-def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int, seed: int = 42) -> tuple[dict, dict]:
+def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int, seed: int = 42,
+                 agent: bool = True) -> tuple[dict, dict]:
     """(the demo's report: sample chats and the before/after figures it prints, the full evaluation report of
-    scripts/eval_report.py, whose numbers the demo's figures are taken from)."""
+    scripts/eval_report.py, whose numbers the demo's figures are taken from). agent: also measure OUT/agent_<dim>
+    when it exists (False when this run skipped the agent stage, so an earlier run's model is not reported)."""
     out = Path(out)
     torch.manual_seed(seed)
     folders = {s: out / f"{s}_{dim}" for s in ("pretrain", "full_sft", "rlhf", "reason")}
@@ -450,9 +452,8 @@ def measure_demo(out, dim: int, heldout: dict, lora_name: str, max_seq_len: int,
         report["reason"][f"{key}_example"] = replies[0] if replies else ""
     if heldout.get("tools"):
         report["tools"] = measure_demo_tools(folders, heldout["tools"], rows)
-        agent = out / f"agent_{dim}"
-        if (agent / "config.json").exists():
-            report["agent"] = measure_demo_agent(agent, heldout["tools"], report["tools"])
+        if agent and (out / f"agent_{dim}" / "config.json").exists():
+            report["agent"] = measure_demo_agent(out / f"agent_{dim}", heldout["tools"], report["tools"])
     return report, evaluation
 
 

@@ -29,7 +29,8 @@ Sampling settings a request leaves out take this server's --temperature/--top_p/
 temperature 0 means greedy decoding. Each model decodes its concurrent requests together (continuous batching,
 inference/batching.py: a request joins the running batch between two tokens and leaves it when it ends or its
 client hangs up; up to --max_batch at once, later ones wait for a free row), each with its own sampling settings;
-a request's greedy answer is the same as when it is served alone. A pretrained model (--model_mode 0) continues the last
+a request's greedy answer is normally the same as when it is served alone (padding and batch size change the
+float reductions, which can flip a near-tie). A pretrained model (--model_mode 0) continues the last
 message as plain text. The think part of a reply (<think>…</think>, also MiniMind2's <think>…</think><answer>…
 </answer>) comes back as reasoning_content; <tool_call> blocks come back as tool_calls when the request offers
 tools, else stay in the content as written. tool_choice "required" or a named function opens the call in the

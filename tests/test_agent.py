@@ -235,7 +235,7 @@ def test_stage_loss_is_the_policy_gradient_of_the_sampled_tokens_only(tok):
                                scale_rewards="group", mask_truncated_completions=False, dtype="float32")
     stage = Agent()
     stage.setup(settings, model, tok, None)
-    stage.generator = lambda model, args, generator: ByCountry()
+    stage.reply_sampler = lambda model, args, generator: ByCountry()
     prompt = tok(tok.apply_chat_template(TASK["messages"], tools=TASK["tools"], tokenize=False, add_generation_prompt=True,
                                          open_thinking=False), add_special_tokens=False)["input_ids"]
     batch = AgentCollator(4)([[{"task": TASK, "input_ids": prompt}]] * 2)

@@ -316,7 +316,7 @@ class Agent(GRPO):
         turns in between are not scored)."""
         return args.max_new_tokens * (args.max_tool_turns + 1)
 
-    def generator(self, model, args, generator):
+    def reply_sampler(self, model, args, generator):
         """The `generate` of the rollouts (roll_out): GRPO's sampling (the batched engine, or --sampler generate)."""
         device = next(unwrap(model).parameters()).device
         return sampler(lambda ids, mask, n: self.generate(model, ids.to(device), mask.to(device), n, args, generator),
@@ -326,7 +326,7 @@ class Agent(GRPO):
     def rollout(self, model, batch, args, generator) -> dict:
         """GRPO.rollout for multi-turn tool use: the batch's trajectories (G per task) in GRPO's layout, their reward
         scores, and per trajectory the calls made, the failed ones, and whether it finished with an answer."""
-        trajectories = roll_out(batch["tasks"], batch["prompts"], self.generator(model, args, generator),
+        trajectories = roll_out(batch["tasks"], batch["prompts"], self.reply_sampler(model, args, generator),
                                 self.tokenizer, num_samples=args.num_generations, max_tool_turns=args.max_tool_turns,
                                 max_seq_len=args.max_seq_len, thinking=self.thinking)
         device = next(unwrap(model).parameters()).device

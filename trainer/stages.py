@@ -326,14 +326,16 @@ class GRPO(Stage):
                             "then always 1). A run resumed in the middle of a batch's μ steps samples it again")
         g.add_argument("--loss_type", choices=losses.LOSS_TYPES, default="grpo",
                        help="normalisation of the token losses: grpo = mean over each completion's tokens, then over "
-                            "completions; dr_grpo = sum over tokens / (completions × max_new_tokens), no length "
-                            "bias; dapo = mean over all completion tokens of the optimizer step")
+                            "completions; dr_grpo = sum over tokens / (completions × max_new_tokens; train_agent.py: × "
+                            "(max_tool_turns + 1) replies), no length bias; dapo = mean over all completion tokens of the optimizer step")
         g.add_argument("--scale_rewards", choices=("group", "batch", "none"), default="group",
                        help="advantage = reward − group mean, divided by the group's std (group), by the std of "
-                            "the optimizer step's rewards (batch), or not divided (none, Dr. GRPO)")
+                            "this process's rewards of the optimizer step (batch; not gathered across ranks), or not divided "
+                            "(none, Dr. GRPO)")
         g.add_argument("--mask_truncated_completions", action="store_true",
                        help="leave completions cut at --max_new_tokens (no end-of-turn token) out of the loss; "
-                            "they still count in the rewards and advantages")
+                            "they still count in the rewards and advantages (train_agent.py: every trajectory that "
+                            "did not end with an answer, also those stopped by --max_tool_turns or the length limit)")
         g.add_argument("--sampler", choices=("engine", "generate"), default="engine",
                        help="how completions are sampled: engine = inference/engine.py (each prompt prefilled once "
                             "for its G samples, one batched decode loop), generate = transformers' generate() "

@@ -27,7 +27,7 @@ import threading
 import torch
 
 from .engine import _forward, prefill
-from .generation import _eos_ids, _StopFilter
+from .generation import _StopFilter, end_token_ids
 
 _END = object()  # a sequence's last queue item
 _STOP = object()  # tells the worker to end
@@ -210,7 +210,7 @@ class Batcher:
 
     def __init__(self, model, tokenizer=None, max_rows: int = 32, eos_token_ids=None, pad_token_id=None):
         self.model, self.max_rows = model, max_rows
-        self.eos_ids = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
+        self.eos_ids = list(eos_token_ids) if eos_token_ids is not None else end_token_ids(model, tokenizer)
         pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
         self._inbox = queue.SimpleQueue()

@@ -94,7 +94,7 @@ class GenerationStream:
         self.finish_reason = None
         self.text = ""
         self._pieces = []
-        self._eos_ids = _eos_ids(model, tokenizer)
+        self._eos_ids = end_token_ids(model, tokenizer)
         self._cancel = threading.Event()
         self._filter = _StopFilter([stop] if isinstance(stop, str) else list(stop or ()))
         self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -167,7 +167,9 @@ class GenerationStream:
         return self.text
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a reply: the model's generation config's end tokens and the tokenizer's (generation,
+    serving and RL rollouts all stop at the same ones)."""
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -190,7 +192,7 @@ def sample_replies(model, tokenizer, prompts, samples: int = 1, temperature: flo
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
                                            open_thinking=open_thinking)
              for p in prompts]
-    eos = _eos_ids(model, tokenizer)
+    eos = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     if not (temperature > 0 and top_p > 0):
         temperature = 0.0  # greedy, as sampling_kwargs reads it

@@ -37,6 +37,7 @@ import torch
 
 from dataset.jsonl import json_lines
 from inference.chat_format import parse_assistant
+from inference.generation import end_token_ids
 from inference.tool_loop import render_prompt
 from inference.toolcall_eval import ToolFileError, parse_task, task_toolbox
 from .data import TrainData
@@ -306,7 +307,7 @@ class Agent(GRPO):
         except ValueError as e:
             raise StageError(str(e)) from None
         self.tokenizer = tokenizer
-        self.eos_ids = [tokenizer.eos_token_id]
+        self.eos_ids = end_token_ids(unwrap(model), tokenizer)  # where generation and serving stop too
         self.thinking = args.open_thinking
         self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.progress = 0.0

@@ -10,7 +10,7 @@ from . import losses
 from .checkpoint import save_final
 from .data import TrainData
 from inference.checkpoints import checkpoint_name
-from inference.generation import template_opens_thinking
+from inference.generation import end_token_ids, template_opens_thinking
 from inference.reasoning import TAGS as REASON_TAGS, reply_in_turn
 from .modelio import StageError, check_vocab, load_model, resolve_weights
 
@@ -366,7 +366,7 @@ class GRPO(Stage):
         except ValueError as e:
             raise StageError(str(e)) from None
         self.tokenizer = tokenizer
-        self.eos_ids = [tokenizer.eos_token_id]
+        self.eos_ids = end_token_ids(unwrap(model), tokenizer)  # where generation and serving stop too
         self.thinking = template_opens_thinking(tokenizer)  # as build_data prompted
         self.reference = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.progress = 0.0

@@ -252,3 +252,32 @@ def test_resume_between_rollouts_is_bit_identical(reason_model, tmp_path, length
     run(GRPO_STAGE, grpo_args(reason_model, resumed, *common, "--resume"))
     a, b = load_file(full / "grpo_64" / "model.safetensors"), load_file(resumed / "grpo_64" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_pass_over_a_rollout_group_is_one_optimizer_step_also_for_an_epochs_short_last_group():
+    """5 prompt batches, accumulation_steps 2, num_iterations 2: the groups are (1, 2), (3, 4) and the short (5);
+    each is sampled once and served twice, each pass one whole optimizer step, and steps_per_epoch counts them."""
+    class FiveBatches:
+        def micro_batches(self, epoch, batch_size, seed, info, skip):
+            return iter([f"b{i}" for i in range(1, 6)][skip:])
+
+        def steps_per_epoch(self, batch_size, accumulation_steps, info):
+            return math.ceil(5 / accumulation_steps)
+
+    sampled = []
+
+    def rollouts(model, group, args, info, seed):
+        sampled.append(tuple(group))
+        return [f"rollout of {b}" for b in group]
+
+    stage = GRPO()
+    stage.rollouts = rollouts
+    args = Namespace(num_iterations=2, accumulation_steps=2, batch_size=4, seed=0)
+    steps = list(stage.step_groups(FiveBatches(), None, 0, 0, args, DistInfo()))
+    assert sampled == [("b1", "b2"), ("b3", "b4"), ("b5",)]
+    assert [len(s) for s in steps] == [2, 2, 2, 2, 1, 1] and steps[0] == steps[1] and steps[4] == ["rollout of b5"]
+    assert stage.steps_per_epoch(FiveBatches(), args, DistInfo()) == len(steps)
+    # resumed at step 3 (the second pass over the second group): that group is sampled again, served once
+    sampled.clear()
+    resumed = list(stage.step_groups(FiveBatches(), None, 0, 3, args, DistInfo()))
+    assert sampled == [("b3", "b4"), ("b5",)] and resumed == steps[3:]

@@ -173,13 +173,13 @@ def train(stage, args, info):
     try:
         for epoch in range(progress["epoch"], args.epochs):
             epoch_step = progress["epoch_step"] if epoch == progress["epoch"] else 0
-            micro_batches = stage.micro_batches(data, train_model, epoch, epoch_step, args, info)
+            steps = stage.step_groups(data, train_model, epoch, epoch_step, args, info)
             while step < total_steps:
                 # before the group is drawn: a stage that samples its batches (GRPO's rollouts) samples them with
                 # this step's schedule, also on the first step after --resume
                 stage.on_step(step, total_steps)
-                group = [b for _, b in zip(range(args.accumulation_steps), micro_batches)]
-                if not group:
+                group = next(steps, None)
+                if group is None:
                     break
                 optimizer.set_lr(lambda peak: learning_rate(step, total_steps, peak, args.warmup_iters))
                 lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters)

@@ -70,10 +70,12 @@ class Stage:
         """Optimizer steps in one epoch."""
         return data.steps_per_epoch(args.batch_size, args.accumulation_steps, info)
 
-    def micro_batches(self, data, model, epoch: int, epoch_step: int, args, info):
-        """This epoch's micro-batches from optimizer step `epoch_step` on (a resumed epoch starts there); the
-        loop takes accumulation_steps of them per optimizer step."""
-        return data.micro_batches(epoch, args.batch_size, args.seed, info, epoch_step * args.accumulation_steps)
+    def step_groups(self, data, model, epoch: int, epoch_step: int, args, info):
+        """This epoch's optimizer steps from step `epoch_step` on (a resumed epoch starts there), each a list of the
+        micro-batches whose gradients it accumulates: accumulation_steps of them (fewer in an epoch's last step)."""
+        batches = data.micro_batches(epoch, args.batch_size, args.seed, info, epoch_step * args.accumulation_steps)
+        while group := [b for _, b in zip(range(args.accumulation_steps), batches)]:
+            yield group
 
     def train_mode(self, model):
         pass
@@ -388,10 +390,11 @@ class GRPO(Stage):
     def steps_per_epoch(self, data, args, info):
         return super().steps_per_epoch(data, args, info) * args.num_iterations
 
-    def micro_batches(self, data, model, epoch, epoch_step, args, info):
-        """Rollout micro-batches: each group of accumulation_steps prompt batches is sampled (lazily, so with the
-        policy of that moment) and then served num_iterations times, one optimizer step per pass. The sampling
-        seed depends only on (seed, epoch, rollout index, rank), so a resumed run samples what the first did."""
+    def step_groups(self, data, model, epoch, epoch_step, args, info):
+        """Rollout steps: each group of accumulation_steps prompt batches (fewer in an epoch's last group) is
+        sampled (lazily, so with the policy of that moment) and then served num_iterations times, one optimizer
+        step per pass. The sampling seed depends only on (seed, epoch, rollout index, rank), so a resumed run
+        samples what the first did."""
         mu, per_step = args.num_iterations, args.accumulation_steps
         index, first_pass = divmod(epoch_step, mu)
         prompts = data.micro_batches(epoch, args.batch_size, args.seed, info, index * per_step)
@@ -402,7 +405,7 @@ class GRPO(Stage):
             seed = ((args.seed * 1_000_003 + epoch) * 1_000_003 + index) * 1_009 + info.rank
             rollouts = self.rollouts(model, group, args, info, seed)
             for _ in range(first_pass, mu):
-                yield from rollouts
+                yield rollouts
             index, first_pass = index + 1, 0
 
     @torch.no_grad()

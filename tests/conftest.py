@@ -12,11 +12,12 @@ from model import MiniMindConfig, MiniMindForCausalLM
 from trainer.modelio import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-# The suite runs in one worker process per core (pytest-xdist, `-n auto` in pyproject.toml): each worker, and each
-# command a test starts, uses one thread. Tiny models gain nothing from a second thread, and the threads of two
-# workers fighting over two cores slow both several times over.
+# The suite runs in one worker process per core (pytest-xdist, `-n auto` in pyproject.toml): each worker uses one
+# intra-op thread, and so does each command a test starts (unless OMP_NUM_THREADS says otherwise). Tiny models gain
+# nothing from a second thread, the threads of two workers fighting over two cores slow both several times over, and
+# one thread gives the same float reductions, so the same samples for a seed, on every machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+torch.set_num_threads(1)
 
 DATA_KIT = ROOT.parent / "shared" / "data"  # the real-data kit beside a CI checkout; absent in a user's clone
 

@@ -23,16 +23,6 @@ TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", 
 SEQ = 128  # the tiny preset's max_seq_len
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a shared machine its spin-waits cost more
-    than the work (see tests/test_stages.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tok):
     return save_tiny(tmp_path_factory.mktemp("models") / "full_sft_64", tok, initializer_range=0.1)

@@ -82,16 +82,6 @@ def test_user_rewards_plug_in_by_name():
         REWARDS.pop("test_length")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the same float reductions on every machine (so the same samples for a seed), and no
-    spin-waiting second thread on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PROMPTS = [f"Add {a}, {b} and {c}." for a, b, c in [(2, 5, 7), (9, 1, 4), (3, 3, 8), (6, 2, 1), (4, 4, 4), (7, 0, 5),
                                                     (1, 8, 2), (5, 6, 3)]]
 

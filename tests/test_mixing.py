@@ -15,15 +15,6 @@ from trainer.stages import LORA, LoRA
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread; on a shared machine its spin-waits cost more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Rows(list):
     """A stand-in dataset: item i is the string name of the row."""
 

@@ -16,15 +16,6 @@ from trainer.optim import build_optimizer
 TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", "--num_workers", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine its spin-waits cost many times the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
 def test_muon_takes_block_matrices_and_adamw_the_rest(use_moe):
     model = MiniMindForCausalLM(tiny_config(use_moe=use_moe))

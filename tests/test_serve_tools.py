@@ -11,7 +11,6 @@ import json
 import threading
 
 import pytest
-import torch
 
 from inference.chat_format import THINK_OPEN
 from inference.openai_api import ServedModel
@@ -20,15 +19,6 @@ from scripted_model import (ANSWER, CALL_TEXT, PREAMBLE, REASONING, RESULT, TOOL
                             tokenizer_variant)
 
 openai = pytest.importorskip("openai")
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model's matmuls gain nothing from a second thread; on a busy machine it made each step ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=["project-tokenizer", "single-token-tags", "minimind3-template"])
 def served(request):

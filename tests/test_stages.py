@@ -31,16 +31,6 @@ CPU = DistInfo()
 
 # ---------------------------------------------------------------- shared fixtures and helpers
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a busy machine the threads' spin-waits cost
-    tens of times the work itself (a 15-step LoRA run: ~3 s on one thread, ~90 s on two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tok):
     """A random tiny model folder to start the stages from. Initialised at std 0.1 instead of 0.02: with a frozen

@@ -2,7 +2,6 @@
 calls it reads back, appends the assistant and tool turns, respects the call limit; checked against MiniMind-3's
 reference template rendering of the transcript we expect, with a scripted generator standing in for a model."""
 import json
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer

@@ -17,14 +17,6 @@ from trainer.stages import Pretrain
 TINY = ["--config", "tiny", "--device", "cpu", "--quiet", "--num_workers", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(demo, out, *extra):
     return [*TINY, "--data_path", demo["pretrain"], "--out_dir", out, "--batch_size", "4", "--accumulation_steps", "2",
             "--learning_rate", "2e-3", "--log_interval", "1", "--cache_dir", out.parent / "cache", *extra]

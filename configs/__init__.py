@@ -23,6 +23,30 @@ def load_config(name_or_path) -> dict:
     return values
 
 
+RECIPE_DIR = CONFIG_DIR / "recipes"
+RECIPES = ("fast",)
+
+
+def load_recipe(name_or_path) -> dict[str, dict]:
+    """A training recipe (`configs/recipes/<name>.yaml`): lever name → {flag name: value}. Each lever is one idea
+    (an optimizer, a schedule, an initialisation) that `scripts/time_to_loss.py` can remove on its own."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ValueError(f"recipe not found: {path} (recipes: {', '.join(RECIPES)})")
+    levers = load_config(path)
+    bad = [k for k, v in levers.items() if not isinstance(v, dict)]
+    if bad:
+        raise ValueError(f"{path}: each top-level key is a lever holding flag: value pairs; {bad} are not")
+    return levers
+
+
+def recipe_flags(levers: dict[str, dict]) -> dict:
+    """The flag values of all of a recipe's levers together."""
+    return {flag: value for lever in levers.values() for flag, value in lever.items()}
+
+
 def model_kwargs(values: dict) -> dict:
     """MiniMindConfig keyword arguments from flag-style values (dim, n_layers, ..., qk_norm, use_moe, ...)."""
     return {MODEL_FLAGS[k]: v for k, v in values.items() if k in MODEL_FLAGS and v is not None}

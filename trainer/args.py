@@ -3,7 +3,7 @@ defaults that explicit flags override."""
 import argparse
 import sys
 
-from configs import load_config
+from configs import RECIPES, load_config, load_recipe, recipe_flags
 
 
 def str2bool(value) -> bool:
@@ -53,17 +53,29 @@ def base_parser(stage) -> argparse.ArgumentParser:
                    help="starting weights: a stage name (pretrain, full_sft, rlhf, reason, ...) resolved to OUT_DIR/<name>_<dim>[_moe], a model folder, or 'none' for a fresh model")
 
     g = p.add_argument_group("optimisation")
+    g.add_argument("--recipe", default=None,
+                   help=f"a set of training flags (configs/recipes/NAME.yaml or a path; {', '.join(RECIPES)}): 'fast' pretrains "
+                        "from scratch to a given loss in a fraction of the default's time (Muon, and the embedding at its "
+                        "own rate; see the file); --config and command-line flags override it")
     g.add_argument("--epochs", type=int, default=stage.epochs, help="passes over the data")
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run all epochs)")
     g.add_argument("--batch_size", type=int, default=stage.batch_size, help="rows per micro-batch per process")
     g.add_argument("--accumulation_steps", type=int, default=stage.accumulation_steps, help="micro-batches per optimizer step")
-    g.add_argument("--learning_rate", type=float, default=stage.learning_rate, help="peak learning rate (cosine decay to a tenth of it)")
-    g.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up steps before the cosine schedule")
+    g.add_argument("--learning_rate", type=float, default=stage.learning_rate, help="peak learning rate (of AdamW; see --lr_schedule for its course)")
+    g.add_argument("--warmup_iters", type=int, default=0, help="linear warm-up steps before the schedule")
+    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "wsd"],
+                   help="cosine: MiniMind's cosine decay to --min_lr_ratio of the peak; wsd: warm-up, stable at the peak, linear decay over the last --decay_frac of the steps")
+    g.add_argument("--decay_frac", type=float, default=0.3, help="wsd: share of the steps in the final decay")
+    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="the schedule ends at this fraction of each peak learning rate")
+    g.add_argument("--embed_lr", type=float, default=None,
+                   help="peak AdamW learning rate of the token embedding (tied to the LM head); unset: --learning_rate")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw: AdamW for all parameters; muon: Muon for the 2-D weight matrices inside the blocks, AdamW (at --learning_rate) for embeddings, norms and the MoE router")
     g.add_argument("--muon_lr", type=float, default=stage.muon_lr,
                    help="peak learning rate of the Muon group (--optimizer muon), same cosine schedule; unset: --learning_rate with Muon's update RMS matched to AdamW's (for fine-tuning a trained model)")
     g.add_argument("--muon_momentum", type=float, default=0.95, help="Muon's Nesterov momentum")
+    g.add_argument("--muon_ns_steps", type=int, default=5,
+                   help="Newton-Schulz iterations that orthogonalise each Muon update (each costs three matrix products per weight matrix)")
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
     g.add_argument("--seed", type=int, default=42, help="seed for initialisation, data order and dropout")
@@ -100,12 +112,21 @@ def parse_args(stage, argv=None) -> argparse.Namespace:
     parser = base_parser(stage)
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     pre, _ = parser.parse_known_args(argv)
+    known = {a.dest for a in parser._actions}
+    if pre.recipe:
+        try:
+            values = recipe_flags(load_recipe(pre.recipe))
+        except ValueError as e:
+            parser.error(str(e))
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"recipe {pre.recipe}: unknown flags {unknown}")
+        parser.set_defaults(**values)
     if pre.config:
         try:
             values = load_config(pre.config)
         except ValueError as e:
             parser.error(str(e))
-        known = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
             parser.error(f"{pre.config}: unknown keys {unknown} (keys are flag names, e.g. dim, n_layers, batch_size)")

@@ -27,12 +27,22 @@ class NonFiniteLoss(Exception):
     pass
 
 
-def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
-    """MiniMind's cosine schedule (peak → peak/10) after an optional linear warm-up."""
+def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine",
+                  decay_frac: float = 0.3, min_ratio: float = 0.1) -> float:
+    """The learning rate of optimizer step `step` of `total`, after an optional linear warm-up.
+
+    cosine: MiniMind's schedule, peak·min_ratio + peak/2·(1 + cos(π·progress)) (it starts a little above the peak).
+    wsd: warm-up, stable at the peak, then a linear decay to peak·min_ratio over the last `decay_frac` of the steps;
+    a short run learns fastest while the rate is high and gains its last stretch in the decay.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_frac * total))
+        left = total - step  # steps left, this one included: the last step runs at peak·min_ratio + one slope
+        return peak * (min_ratio + (1 - min_ratio) * min(1.0, left / decay_steps))
     progress = (step - warmup) / max(1, total - warmup)
-    return peak / 10 + 0.5 * peak * (1 + math.cos(math.pi * progress))
+    return peak * min_ratio + 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
 def to_device(batch: dict, device):
@@ -181,8 +191,9 @@ def train(stage, args, info):
                 group = next(steps, None)
                 if group is None:
                     break
-                optimizer.set_lr(lambda peak: learning_rate(step, total_steps, peak, args.warmup_iters))
-                lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters)
+                schedule = dict(schedule=args.lr_schedule, decay_frac=args.decay_frac, min_ratio=args.min_lr_ratio)
+                optimizer.set_lr(lambda peak: learning_rate(step, total_steps, peak, args.warmup_iters, **schedule))
+                lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters, **schedule)
                 local_items = sum(b["num_items"] for b in group)
                 items = distributed.all_reduce_sum(torch.tensor(float(local_items), device=info.device), info)
                 scale = info.world_size / items  # DDP averages gradients over ranks

@@ -2,7 +2,7 @@
 
 Muon orthogonalises each matrix's momentum (Newton–Schulz), which suits the hidden 2-D weights; embeddings, the
 (tied) LM head, norms, biases and the MoE router keep AdamW. Each parameter group carries its own `peak_lr`, and
-the loop applies the shared schedule to each, so both optimizers follow the same cosine shape.
+the loop applies the shared schedule (`--lr_schedule`) to each, so all groups follow the same shape.
 """
 import torch
 
@@ -65,15 +65,19 @@ def build_optimizer(model: torch.nn.Module, args, device: torch.device) -> Optim
     else:
         muon = [p for n, p in named if muon_parameter(n, p)]
         adamw = [p for n, p in named if not muon_parameter(n, p)]
+    # --embed_lr: the (tied) embedding in an AdamW group of its own
+    embedding = [p for n, p in named if n.endswith("embed_tokens.weight") and args.embed_lr is not None]
+    adamw = [p for p in adamw if all(p is not e for e in embedding)]
+    groups = [{"params": ps, "peak_lr": lr} for ps, lr in ((adamw, args.learning_rate), (embedding, args.embed_lr)) if ps]
     optimizers = {}
-    if adamw:
-        optimizers["adamw"] = torch.optim.AdamW([{"params": adamw, "peak_lr": args.learning_rate}], lr=args.learning_rate,
-                                                weight_decay=args.weight_decay, fused=fused)
+    if groups:
+        optimizers["adamw"] = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay, fused=fused)
     if muon:
         if args.muon_lr is None:  # fine-tuning: Muon's update RMS matched to AdamW's, at the stage's AdamW lr
             lr, adjust = args.learning_rate, "match_rms_adamw"
         else:  # its own lr; "original" scaling (by sqrt(rows/cols)) keeps one lr across matrix shapes
             lr, adjust = args.muon_lr, "original"
         optimizers["muon"] = torch.optim.Muon([{"params": muon, "peak_lr": lr}], lr=lr, weight_decay=args.weight_decay,
-                                              momentum=args.muon_momentum, adjust_lr_fn=adjust)
+                                              momentum=args.muon_momentum, adjust_lr_fn=adjust,
+                                              ns_steps=args.muon_ns_steps)
     return Optimizers(optimizers)

@@ -103,3 +103,10 @@ def test_time_to_loss_runs_recipes_for_equal_steps(demo, tmp_path, monkeypatch):
     # the fast row really ran the recipe's flags
     logged = json.loads((tmp_path / "runs" / "runs" / "fast" / "args.json").read_text())
     assert all(logged.get(k) == v for k, v in recipe_flags(load_recipe("fast")).items())
+
+
+def test_muon_newton_schulz_steps_flag_reaches_the_optimizer():
+    model = MiniMindForCausalLM(tiny_config())
+    for steps in (3, 5):
+        args = parse_args(PRETRAIN, [*TINY, "--optimizer", "muon", "--muon_ns_steps", str(steps)])
+        assert build_optimizer(model, args, torch.device("cpu")).optimizers["muon"].param_groups[0]["ns_steps"] == steps

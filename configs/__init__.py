@@ -7,13 +7,13 @@ CONFIG_DIR = Path(__file__).resolve().parent
 PRESETS = ("tiny", "small", "base", "moe", "minimind3", "minimind3_moe")
 
 
-def load_config(name_or_path) -> dict:
+def load_config(name_or_path, directory: Path = CONFIG_DIR, names: tuple = PRESETS) -> dict:
     """Read a preset by name ('small') or a yaml file by path; raise ValueError naming the file on bad content."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = directory / f"{name_or_path}.yaml"
     if not path.exists():
-        raise ValueError(f"config file not found: {path} (presets: {', '.join(PRESETS)})")
+        raise ValueError(f"config file not found: {path} (known: {', '.join(names)})")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -30,15 +30,14 @@ RECIPES = ("fast",)
 def load_recipe(name_or_path) -> dict[str, dict]:
     """A training recipe (`configs/recipes/<name>.yaml`): lever name → {flag name: value}. Each lever is one idea
     (an optimizer, a schedule, an initialisation) that `scripts/time_to_loss.py` can remove on its own."""
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise ValueError(f"recipe not found: {path} (recipes: {', '.join(RECIPES)})")
-    levers = load_config(path)
+    levers = load_config(name_or_path, RECIPE_DIR, RECIPES)
     bad = [k for k, v in levers.items() if not isinstance(v, dict)]
     if bad:
-        raise ValueError(f"{path}: each top-level key is a lever holding flag: value pairs; {bad} are not")
+        raise ValueError(f"recipe {name_or_path}: each top-level key is a lever holding flag: value pairs; {bad} are not")
+    flags = [f for lever in levers.values() for f in lever]
+    twice = sorted({f for f in flags if flags.count(f) > 1})
+    if twice:  # removing one lever in an ablation must remove its flags
+        raise ValueError(f"recipe {name_or_path}: flags set by more than one lever: {twice}")
     return levers
 
 

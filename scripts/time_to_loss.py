@@ -4,14 +4,15 @@ AdamW or Muon) and the `--recipe fast` flags, each for the same wall-clock budge
 
     python scripts/time_to_loss.py                                   # small preset on ../shared/data/pretrain.jsonl
     python scripts/time_to_loss.py --steps 150                       # every recipe the same 150 optimizer steps
-    python scripts/time_to_loss.py --steps 150 --recipes fast --ablations   # fast, then fast with each lever removed
+    python scripts/time_to_loss.py --steps 150 --recipes minimind,fast --ablations   # and fast without each lever
     python scripts/time_to_loss.py --minutes 20 --device cuda        # a longer budget on a GPU
 
 Every run is a real `train_pretrain.py` process. With --minutes, a short probe run measures each recipe's step time
 first, so each run's step budget (and so its whole learning-rate schedule) fits the wall-clock budget. Validation is a
 held-out split of the data file (every --val_every-th document) scored with `--eval_data`; its time is not counted as
 training time. An ablation row `fast-no_<lever>` runs the fast recipe without one of its levers (the lever's flags go
-back to their defaults; levers are the top-level keys of configs/recipes/fast.yaml).
+back to their defaults; levers are the top-level keys of configs/recipes/fast.yaml). The columns that compare with
+MiniMind need the `minimind` row in the same run.
 Writes OUT_DIR/time_to_loss.md (table), time_to_loss.png (curves) and time_to_loss.json.
 """
 import argparse
@@ -74,7 +75,14 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", type=Path, default=ROOT / "out" / "time_to_loss", help="runs, table and plot go here")
     args = p.parse_args(argv)
     args.recipes = [r for r in args.recipes.split(",") if r]
-    args.runs = dict(RECIPES, **ablations(args.out_dir))
+    if 0 < args.steps < 5 or args.steps < 0:
+        p.error(f"--steps must be 0 (use --minutes) or at least 5, got {args.steps}")
+    args.runs = dict(RECIPES)
+    if args.ablations or any(r.startswith("fast-no_") for r in args.recipes):
+        try:
+            args.runs.update(ablations(args.out_dir))
+        except ValueError as e:
+            p.error(str(e))
     if args.ablations:
         args.recipes += [r for r in args.runs if r.startswith("fast-no_") and r not in args.recipes]
     unknown = sorted(set(args.recipes) - set(args.runs))
@@ -170,9 +178,9 @@ def main(argv=None):
     for name, r in results.items():
         final = r["curve"][-1]["val_bpb"]
         reach = time_to_reach(r["curve"], target) if target else None
-        reach_txt = f"{reach / 60:.2f} min ({reach / base_time:.1%})" if reach is not None else "not reached"
+        reach_txt = "-" if target is None else "not reached" if reach is None else f"{reach / 60:.2f} min ({reach / base_time:.1%})"
         same = bpb_at(r["curve"], base_time) if base_time else None
-        at_steps = next((p["val_bpb"] for p in r["curve"] if p["step"] == base_steps), None)
+        at_steps = bpb_at(r["curve"], base_steps, key="step") if base_steps else None
         r.update(final_bpb=final, time_to_target_s=reach, bpb_at_baseline_time=same, bpb_at_baseline_steps=at_steps)
         steps_txt = "-" if at_steps is None else f"{at_steps:.4f} ({at_steps / target:.2f}×)"
         lines.append(f"| {name}: {r['description']} | {r['steps']} | {r['s_per_step']:.2f} | {r['tokens_per_s'] or 0:,.0f} "

@@ -96,5 +96,6 @@ def test_time_to_loss_interpolates_the_curves():
     assert time_to_reach(curve, 1.0) is None
     assert bpb_at(curve, 25.0) == pytest.approx(1.75)
     assert bpb_at(curve, 40.0) is None
+    assert bpb_at(curve, 15, key="step") == pytest.approx(2.5) and bpb_at(curve, 30, key="step") == 1.5
     rows = [{"loss": 1.0, "train_s": t} for t in (5.0, 6.0, 7.0, 8.0, 8.5, 9.5, 10.5)]  # slow first steps skipped
     assert step_seconds(rows) == pytest.approx(1.0)

@@ -2,6 +2,7 @@
 flags rank against --config and the command line, and time_to_loss.py's ablation rows."""
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from configs import load_recipe, recipe_flags
 from conftest import tiny_config
 from model import MiniMindForCausalLM
-from trainer import PRETRAIN, run
+from trainer import FULL_SFT, PRETRAIN, run
 from trainer.args import base_parser, parse_args
 from trainer.loop import learning_rate
 from trainer.optim import build_optimizer
@@ -23,13 +24,16 @@ TINY = ["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--quiet", 
 
 def test_wsd_schedule_is_flat_then_decays_linearly():
     lr = [learning_rate(s, 10, 1.0, 2, schedule="wsd", decay_frac=0.4, min_ratio=0.0) for s in range(10)]
-    # 2 warm-up steps, 4 at the peak, then the last 4 steps (40%) fall linearly towards 0
-    assert lr == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
-    floor = [learning_rate(s, 10, 2.0, 0, schedule="wsd", decay_frac=0.5, min_ratio=0.1) for s in (0, 5, 9)]
-    assert floor == pytest.approx([2.0, 2.0, 0.2 + 1.8 * 0.2])
+    # 2 warm-up steps, 4 more at the peak, then the last 4 steps (40%) fall linearly and the last one is at the floor
+    assert lr == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    floor = [learning_rate(s, 10, 2.0, 0, schedule="wsd", decay_frac=0.5, min_ratio=0.1) for s in (4, 5, 9)]
+    assert floor == pytest.approx([2.0, 0.2 + 1.8 * 0.8, 0.2])
     # the cosine keeps MiniMind's shape; its floor is the same --min_lr_ratio
-    assert learning_rate(100, 100, 1.0, 0, min_ratio=0.0) == pytest.approx(0.0)
     assert learning_rate(50, 100, 1.0, 0) == pytest.approx(0.6)
+    assert learning_rate(99, 100, 1.0, 0, min_ratio=0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
+    for bad in (["--decay_frac", "0"], ["--decay_frac", "1.5"], ["--min_lr_ratio", "-0.1"]):
+        with pytest.raises(SystemExit):
+            parse_args(PRETRAIN, [*TINY, *bad])
 
 
 def test_embedding_gets_its_own_learning_rate():
@@ -63,6 +67,14 @@ def test_recipe_sets_defaults_that_config_and_flags_override(tmp_path):
     bad.write_text(yaml.safe_dump({"lr_schedule": "wsd"}))  # a flag outside any lever
     with pytest.raises(SystemExit):
         parse_args(PRETRAIN, ["--recipe", str(bad)])
+    bad.write_text(yaml.safe_dump({"a": {"embed_lr": 1e-3}, "b": {"embed_lr": 2e-3}}))  # one flag in two levers
+    with pytest.raises(SystemExit):
+        parse_args(PRETRAIN, ["--recipe", str(bad)])
+    config.write_text(yaml.safe_dump({"recipe": "fast"}))  # it would be read too late to apply
+    with pytest.raises(SystemExit):
+        parse_args(PRETRAIN, ["--config", str(config)])
+    with pytest.raises(SystemExit):  # a recipe's rates are for a model built from scratch
+        parse_args(FULL_SFT, ["--recipe", "fast"])
 
 
 def _time_to_loss():
@@ -110,3 +122,18 @@ def test_muon_newton_schulz_steps_flag_reaches_the_optimizer():
     for steps in (3, 5):
         args = parse_args(PRETRAIN, [*TINY, "--optimizer", "muon", "--muon_ns_steps", str(steps)])
         assert build_optimizer(model, args, torch.device("cpu")).optimizers["muon"].param_groups[0]["ns_steps"] == steps
+
+
+def test_resume_refuses_other_learning_rates(demo, tmp_path):
+    """torch would either fail on another number of parameter groups (--embed_lr on or off) or quietly restore the
+    checkpoint's rates; the run says which flags to keep instead."""
+    common = [*TINY, "--data_path", demo["pretrain"], "--out_dir", tmp_path, "--batch_size", "4", "--accumulation_steps",
+              "1", "--max_steps", "4", "--cache_dir", tmp_path / "cache", "--embed_lr", "2e-3"]
+    run(PRETRAIN, [*common, "--save_interval", "2"])
+    ckpts = tmp_path / "runs" / "pretrain_64" / "checkpoints"
+    (ckpts / "latest").write_text("step_0000002")
+    for changed in (["--embed_lr", "3e-3"], ["--learning_rate", "1e-3"]):
+        with pytest.raises(SystemExit) as e:
+            run(PRETRAIN, [*common, *changed, "--resume"])
+        assert e.value.code == 2
+    run(PRETRAIN, [*common, "--resume"])  # the same flags resume

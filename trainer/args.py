@@ -3,7 +3,7 @@ defaults that explicit flags override."""
 import argparse
 import sys
 
-from configs import RECIPES, load_config, load_recipe, recipe_flags
+from configs import load_config, load_recipe, recipe_flags
 
 
 def str2bool(value) -> bool:
@@ -53,10 +53,6 @@ def base_parser(stage) -> argparse.ArgumentParser:
                    help="starting weights: a stage name (pretrain, full_sft, rlhf, reason, ...) resolved to OUT_DIR/<name>_<dim>[_moe], a model folder, or 'none' for a fresh model")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--recipe", default=None,
-                   help=f"a set of training flags (configs/recipes/NAME.yaml or a path; {', '.join(RECIPES)}): 'fast' pretrains "
-                        "from scratch to a given loss in a fraction of the default's time (Muon, and the embedding at its "
-                        "own rate; see the file); --config and command-line flags override it")
     g.add_argument("--epochs", type=int, default=stage.epochs, help="passes over the data")
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: run all epochs)")
     g.add_argument("--batch_size", type=int, default=stage.batch_size, help="rows per micro-batch per process")
@@ -66,13 +62,14 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "wsd"],
                    help="cosine: MiniMind's cosine decay to --min_lr_ratio of the peak; wsd: warm-up, stable at the peak, linear decay over the last --decay_frac of the steps")
     g.add_argument("--decay_frac", type=float, default=0.3, help="wsd: share of the steps in the final decay")
-    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="the schedule ends at this fraction of each peak learning rate")
+    g.add_argument("--min_lr_ratio", type=float, default=0.1,
+                   help="the schedule's floor as a fraction of each peak: wsd ends there; MiniMind's cosine adds it to the cosine (starts at 1.1x the peak with 0.1, ends at 0.1x)")
     g.add_argument("--embed_lr", type=float, default=None,
                    help="peak AdamW learning rate of the token embedding (tied to the LM head); unset: --learning_rate")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw: AdamW for all parameters; muon: Muon for the 2-D weight matrices inside the blocks, AdamW (at --learning_rate) for embeddings, norms and the MoE router")
     g.add_argument("--muon_lr", type=float, default=stage.muon_lr,
-                   help="peak learning rate of the Muon group (--optimizer muon), same cosine schedule; unset: --learning_rate with Muon's update RMS matched to AdamW's (for fine-tuning a trained model)")
+                   help="peak learning rate of the Muon group (--optimizer muon), same schedule; unset: --learning_rate with Muon's update RMS matched to AdamW's (for fine-tuning a trained model)")
     g.add_argument("--muon_momentum", type=float, default=0.95, help="Muon's Nesterov momentum")
     g.add_argument("--muon_ns_steps", type=int, default=5,
                    help="Newton-Schulz iterations that orthogonalise each Muon update (each costs three matrix products per weight matrix)")
@@ -113,7 +110,7 @@ def parse_args(stage, argv=None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     pre, _ = parser.parse_known_args(argv)
     known = {a.dest for a in parser._actions}
-    if pre.recipe:
+    if getattr(pre, "recipe", None):  # only pretraining has --recipe
         try:
             values = recipe_flags(load_recipe(pre.recipe))
         except ValueError as e:
@@ -127,6 +124,8 @@ def parse_args(stage, argv=None) -> argparse.Namespace:
             values = load_config(pre.config)
         except ValueError as e:
             parser.error(str(e))
+        if "recipe" in values:
+            parser.error(f"{pre.config}: give --recipe on the command line, not in a --config file")
         unknown = sorted(set(values) - known)
         if unknown:
             parser.error(f"{pre.config}: unknown keys {unknown} (keys are flag names, e.g. dim, n_layers, batch_size)")
@@ -135,4 +134,8 @@ def parse_args(stage, argv=None) -> argparse.Namespace:
     for name in ("batch_size", "accumulation_steps", "max_seq_len", "epochs"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0.0 < args.decay_frac <= 1.0:
+        parser.error(f"--decay_frac must be in (0, 1], got {args.decay_frac}")
+    if not 0.0 <= args.min_lr_ratio <= 1.0:
+        parser.error(f"--min_lr_ratio must be in [0, 1], got {args.min_lr_ratio}")
     return args

@@ -29,18 +29,19 @@ class NonFiniteLoss(Exception):
 
 def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine",
                   decay_frac: float = 0.3, min_ratio: float = 0.1) -> float:
-    """The learning rate of optimizer step `step` of `total`, after an optional linear warm-up.
+    """The learning rate of optimizer step `step` (0 … total-1), after an optional linear warm-up.
 
-    cosine: MiniMind's schedule, peak·min_ratio + peak/2·(1 + cos(π·progress)) (it starts a little above the peak).
-    wsd: warm-up, stable at the peak, then a linear decay to peak·min_ratio over the last `decay_frac` of the steps;
-    a short run learns fastest while the rate is high and gains its last stretch in the decay.
+    cosine: MiniMind's schedule, peak·min_ratio + peak/2·(1 + cos(π·progress)); with MiniMind's 0.1 it starts at 1.1×
+    the peak and ends at a tenth of it.
+    wsd: warm-up, stable at the peak, then a linear decay over the last `decay_frac` of the steps that reaches
+    peak·min_ratio on the last step.
     """
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "wsd":
         decay_steps = max(1, round(decay_frac * total))
-        left = total - step  # steps left, this one included: the last step runs at peak·min_ratio + one slope
-        return peak * (min_ratio + (1 - min_ratio) * min(1.0, left / decay_steps))
+        after = total - 1 - step  # steps after this one
+        return peak * (min_ratio + (1 - min_ratio) * min(1.0, after / decay_steps))
     progress = (step - warmup) / max(1, total - warmup)
     return peak * min_ratio + 0.5 * peak * (1 + math.cos(math.pi * progress))
 
@@ -176,6 +177,7 @@ def train(stage, args, info):
                 log.log(step, {"val_loss": score.loss, "val_bpb": score.bits_per_byte, "train_s": train_s})
             distributed.barrier(info)
 
+    schedule = dict(schedule=args.lr_schedule, decay_frac=args.decay_frac, min_ratio=args.min_lr_ratio)
     window = {"items": 0.0, "tokens": 0, "start": None, "sums": {}}
     nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
     step = progress["step"]
@@ -191,7 +193,6 @@ def train(stage, args, info):
                 group = next(steps, None)
                 if group is None:
                     break
-                schedule = dict(schedule=args.lr_schedule, decay_frac=args.decay_frac, min_ratio=args.min_lr_ratio)
                 optimizer.set_lr(lambda peak: learning_rate(step, total_steps, peak, args.warmup_iters, **schedule))
                 lr = learning_rate(step, total_steps, args.learning_rate, args.warmup_iters, **schedule)
                 local_items = sum(b["num_items"] for b in group)

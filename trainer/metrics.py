@@ -135,10 +135,13 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def bpb_at(curve: list[dict], seconds: float) -> float | None:
-    """Validation bpb at `seconds` of training (linear between evaluations; None outside the curve)."""
+def bpb_at(curve: list[dict], x: float, key: str = "train_s") -> float | None:
+    """Validation bpb at `x` seconds of training (or optimizer steps, key="step"): linear between evaluations, None
+    outside the curve."""
+    if curve and curve[-1][key] == x:
+        return curve[-1]["val_bpb"]
     for a, b in zip(curve, curve[1:]):
-        if a["train_s"] <= seconds <= b["train_s"]:
-            frac = (seconds - a["train_s"]) / max(1e-9, b["train_s"] - a["train_s"])
+        if a[key] <= x <= b[key]:
+            frac = (x - a[key]) / max(1e-9, b[key] - a[key])
             return a["val_bpb"] + frac * (b["val_bpb"] - a["val_bpb"])
     return None

@@ -50,6 +50,11 @@ class Optimizers:
             raise ValueError(f"the checkpoint holds optimizer state for {sorted(state)}, this run uses "
                              f"{sorted(self.optimizers)}: resume with the same --optimizer")
         for name, opt in self.optimizers.items():
+            saved = [g.get("peak_lr") for g in state[name]["param_groups"]]
+            mine = [g["peak_lr"] for g in opt.param_groups]
+            if saved != mine:  # torch would fail on another group count, or quietly bring back the saved rates
+                raise ValueError(f"the checkpoint's {name} groups have peak learning rates {saved}, this run's "
+                                 f"{mine}: resume with the same --learning_rate, --embed_lr and --muon_lr")
             opt.load_state_dict(state[name])
 
     def describe(self) -> str:

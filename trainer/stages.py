@@ -9,6 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import losses
 from .checkpoint import save_final
 from .data import TrainData
+from configs import RECIPES
 from inference.checkpoints import checkpoint_name
 from inference.generation import end_token_ids, template_opens_thinking
 from inference.reasoning import TAGS as REASON_TAGS, reply_in_turn
@@ -109,6 +110,13 @@ class Stage:
 class Pretrain(Stage):
     description = "Pretrain MiniMind from scratch on plain text ({'text': ...} jsonl): next-token loss on every token."
     muon_lr = 0.02  # from scratch Muon takes its own, larger lr (scripts/time_to_loss.py measures it)
+
+    def add_arguments(self, p):
+        # here and not for every stage: a recipe's rates are for a model built from scratch and would wreck a trained one
+        p.add_argument("--recipe", default=None,
+                       help=f"a set of training flags (configs/recipes/NAME.yaml or a path; {', '.join(RECIPES)}): 'fast' "
+                            "reaches a given loss in a fraction of the default's time (Muon, so not with --fsdp, and the "
+                            "embedding at its own rate; see the file); --config and command-line flags override it")
 
 
 class FullSFT(Stage):

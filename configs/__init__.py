@@ -13,7 +13,7 @@ def load_config(name_or_path, directory: Path = CONFIG_DIR, names: tuple = PRESE
     if not path.suffix and not path.exists():
         path = directory / f"{name_or_path}.yaml"
     if not path.exists():
-        raise ValueError(f"config file not found: {path} (known: {', '.join(names)})")
+        raise ValueError(f"{path} not found (known names: {', '.join(names)})")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:

@@ -357,8 +357,8 @@ class BatchedStream:
         self.prompt_tokens, self.completion_tokens = len(ids), 0
         self.max_new_tokens = max_new_tokens
         self.finish_reason, self.text = None, ""
-        self._pieces, self._drained = [], False
-        self._filter = _StopFilter([stop] if isinstance(stop, str) else list(stop or ()))
+        self._drained = False
+        self._filter = _StopFilter(stop, self.cancel)
         self._sequence = batcher.submit(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                         repetition_penalty=repetition_penalty, seed=seed)
 
@@ -382,22 +382,14 @@ class BatchedStream:
                 piece = text[len(before):]
                 start, done = done, len(tokens)
                 before = self.tokenizer.decode(tokens[start:done], skip_special_tokens=True)
-                out = self._filter.feed(piece)
-                if self._filter.stopped:
-                    self.cancel()
-                if out:
-                    self._pieces.append(out)
+                if out := self._filter.feed(piece):
                     yield out
         finally:
             self._drained = True
         if len(tokens) > done and not self._filter.stopped:  # the reply ended inside a character: show what is there
-            out = self._filter.feed(self.tokenizer.decode(tokens[start:], skip_special_tokens=True)[len(before):])
-            if out:
-                self._pieces.append(out)
+            if out := self._filter.feed(self.tokenizer.decode(tokens[start:], skip_special_tokens=True)[len(before):]):
                 yield out
-        tail = "" if self._filter.stopped else self._filter.flush()
-        if tail:
-            self._pieces.append(tail)
+        if tail := self._filter.flush():
             yield tail
         self._finish()
 
@@ -408,7 +400,7 @@ class BatchedStream:
         self._finish()
 
     def _finish(self):
-        self.text = "".join(self._pieces)
+        self.text = "".join(self._filter.shown)
         self.completion_tokens = len(self._sequence.tokens)
         truncated = self.completion_tokens >= self.max_new_tokens and not self._sequence.ended and not self._filter.stopped
         self.finish_reason = "length" if truncated else "stop"

@@ -53,20 +53,31 @@ class _StopWhenSet(StoppingCriteria):
 
 
 class _StopFilter:
-    """Cuts streamed text at the first stop string, holding back a tail that could still become one."""
+    """The text a stream shows: cut at the first stop string, holding back a tail that could still become one.
+    `shown` is every piece let through; `on_stop` (the stream's cancel) runs when a stop string is found. Both
+    streams (one request, or a row of a batch) feed their decoded pieces through one of these."""
 
-    def __init__(self, stops):
-        self.stops = [s for s in stops if s]
+    def __init__(self, stop, on_stop):
+        self.stops = [s for s in ([stop] if isinstance(stop, str) else list(stop or ())) if s]
+        self.on_stop = on_stop
         self.buffer = ""
         self.stopped = False
+        self.shown = []
 
     def feed(self, piece: str) -> str:
+        out = self._cut(piece)
+        if out:
+            self.shown.append(out)
+        return out
+
+    def _cut(self, piece: str) -> str:
         if not self.stops:
             return piece
         self.buffer += piece
         hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
         if hits:
             self.stopped = True
+            self.on_stop()
             out, self.buffer = self.buffer[:min(hits)], ""
             return out
         hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
@@ -75,7 +86,10 @@ class _StopFilter:
         return out
 
     def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
+        """At the end of the reply: the held-back tail (nothing after a stop string)."""
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        if out:
+            self.shown.append(out)
         return out
 
 
@@ -93,10 +107,9 @@ class GenerationStream:
         self.max_new_tokens = max_new_tokens
         self.finish_reason = None
         self.text = ""
-        self._pieces = []
         self._eos_ids = end_token_ids(model, tokenizer)
         self._cancel = threading.Event()
-        self._filter = _StopFilter([stop] if isinstance(stop, str) else list(stop or ()))
+        self._filter = _StopFilter(stop, self.cancel)
         self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._drained = False  # the streamer has delivered its end signal
         self._output, self._error = None, None
@@ -127,16 +140,10 @@ class GenerationStream:
         for piece in self._streamer:
             if self._filter.stopped:
                 continue  # drain what the generator still decodes after a stop string
-            out = self._filter.feed(piece)
-            if self._filter.stopped:
-                self.cancel()
-            if out:
-                self._pieces.append(out)
+            if out := self._filter.feed(piece):
                 yield out
         self._drained = True
-        tail = "" if self._filter.stopped else self._filter.flush()
-        if tail:
-            self._pieces.append(tail)
+        if tail := self._filter.flush():
             yield tail
         self._finish()
         if self._error is not None:
@@ -153,7 +160,7 @@ class GenerationStream:
 
     def _finish(self):
         self._thread.join()
-        self.text = "".join(self._pieces)
+        self.text = "".join(self._filter.shown)
         new = self._output[0, self.prompt_tokens:].tolist() if self._output is not None else []
         self.completion_tokens = len(new)
         ended = bool(new) and new[-1] in self._eos_ids

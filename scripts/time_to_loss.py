@@ -75,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", type=Path, default=ROOT / "out" / "time_to_loss", help="runs, table and plot go here")
     args = p.parse_args(argv)
     args.recipes = [r for r in args.recipes.split(",") if r]
-    if 0 < args.steps < 5 or args.steps < 0:
+    if args.steps != 0 and args.steps < 5:
         p.error(f"--steps must be 0 (use --minutes) or at least 5, got {args.steps}")
     args.runs = dict(RECIPES)
     if args.ablations or any(r.startswith("fast-no_") for r in args.recipes):
@@ -154,9 +154,11 @@ def main(argv=None):
         else:
             probe = train(args, recipe, train_path, val_path, args.out_dir / "probe", args.probe_steps, 0)
             try:
-                max_steps = max(2, int(budget / step_seconds(probe)))
+                per_step = step_seconds(probe)
             except ValueError as e:
                 sys.exit(f"time_to_loss: {e}")
+            max_steps = max(2, int(budget / per_step))
+            print(f"{recipe}: probe {per_step:.2f} s/step -> {max_steps} steps in {args.minutes:g} min", file=sys.stderr)
         interval = max(1, math.ceil(max_steps / args.evals))
         print(f"{recipe}: {max_steps} steps, validating every {interval}", file=sys.stderr, flush=True)
         rows = train(args, recipe, train_path, val_path, args.out_dir / "runs", max_steps, interval)

@@ -8,7 +8,7 @@
 #      under torchrun (a single training process opens no process group, so NCCL is checked on its own)
 #   4. one summary table (also in $OUT/summary.txt)
 # Without CUDA it runs the CPU-safe parts (bench --quick on CPU, a short tiny pretraining under torchrun with
-# gloo; CPU_STEPS=N steps, CPU_BENCH=0 skips the bench) and lists what it skipped. Data: ../shared/data/pretrain.jsonl when present, else generated demo data.
+# gloo; CPU_STEPS=N steps, CPU_BENCH=0 skips the bench) and lists what it skipped. Data: $DATA, else ../shared/data/pretrain.jsonl when present, else generated demo data.
 #
 #   scripts/gpu_check.sh                      # results in a temporary folder, printed at the end
 #   OUT=/tmp/gpu_check PYTHON=.venv/bin/python scripts/gpu_check.sh
@@ -34,7 +34,7 @@ else
 fi
 
 # data for the training run
-DATA=../shared/data/pretrain.jsonl
+DATA=${DATA:-../shared/data/pretrain.jsonl}
 if [ ! -f "$DATA" ]; then
   step "generating demo data"
   if [ -f dataset/make_demo_data.py ]; then

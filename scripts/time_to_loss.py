@@ -1,5 +1,5 @@
 """Time to quality: validation bits per byte against optimizer steps and training wall-clock, for MiniMind's way of
-pretraining (one padded document per row, AdamW, fp32), ours (packing, bf16 autocast where the hardware has it,
+pretraining (one padded document per row, AdamW, fp32 on a CPU and bf16 autocast on CUDA as its scripts do), ours (packing, bf16 autocast where the hardware has it,
 AdamW or Muon) and the `--recipe fast` flags, each for the same wall-clock budget or the same number of steps.
 
     python scripts/time_to_loss.py                                   # small preset on ../shared/data/pretrain.jsonl
@@ -31,7 +31,8 @@ from trainer.metrics import bpb_at, read_metrics, step_seconds, time_to_reach
 ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = {  # name -> (description, extra train_pretrain.py flags)
-    "minimind": ("MiniMind's way: padded rows, AdamW, fp32", ["--no_packing", "--dtype", "float32", "--optimizer", "adamw"]),
+    # MiniMind's scripts autocast to bf16 on CUDA and run plain fp32 on a CPU; the minimind row does the same
+    "minimind": ("MiniMind's way: padded rows, AdamW, fp32 (bf16 autocast on CUDA)", ["--no_packing", "--optimizer", "adamw"]),
     "packed_adamw": ("packing, auto precision, AdamW", ["--dtype", "auto", "--optimizer", "adamw"]),
     "packed_muon": ("packing, auto precision, Muon + AdamW", ["--dtype", "auto", "--optimizer", "muon"]),
     "fast": ("--recipe fast (packing, auto precision, configs/recipes/fast.yaml)", ["--recipe", "fast"]),
@@ -75,6 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", type=Path, default=ROOT / "out" / "time_to_loss", help="runs, table and plot go here")
     args = p.parse_args(argv)
     args.recipes = [r for r in args.recipes.split(",") if r]
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.steps != 0 and args.steps < 5:
         p.error(f"--steps must be 0 (use --minutes) or at least 5, got {args.steps}")
     args.runs = dict(RECIPES)
@@ -112,6 +117,8 @@ def train(args, recipe, train_path, val_path, out, max_steps, eval_interval) -> 
            "--epochs", "100", "--device", args.device, "--out_dir", str(out), "--save_name", recipe,
            "--save_interval", "0", "--log_interval", "1", "--quiet", "--cache_dir", str(args.out_dir / "cache"),
            *flags]
+    if recipe == "minimind":
+        cmd += ["--dtype", "bfloat16" if args.device.startswith("cuda") else "float32"]
     if eval_interval:
         cmd += ["--eval_data", str(val_path), "--eval_interval", str(eval_interval), "--eval_rows", str(args.eval_rows)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))

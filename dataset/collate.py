@@ -12,7 +12,9 @@ class PackedBatchCollator:
       attention_mask: None when every row holds one sample (causal attention is then enough,
                       padding being on the right); otherwise a bool [B, 1, T, T] block-diagonal
                       causal mask, True = may attend; padding positions attend to themselves only;
-      num_items: int, the number of loss-bearing labels in the batch.
+      num_items: int, the number of loss-bearing labels in the batch;
+      loss_positions: [num_items] long, their flat (b * T + t) indices: the trainer computes logits only there
+                      (found here, on the CPU, so selecting them needs no device sync in the step).
     """
 
     def __init__(self, pad_id: int, max_seq_len: int, pad_to_max: bool = False):
@@ -41,12 +43,14 @@ class PackedBatchCollator:
                 segment_ids[b, start:end] = k
                 start = end
         single = all(len(row) == 1 for row in rows)
+        loss_positions = (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
         return {
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
             "attention_mask": None if single else block_causal_mask(segment_ids),
-            "num_items": int((labels != IGNORE_INDEX).sum()),
+            "num_items": len(loss_positions),
+            "loss_positions": loss_positions,
         }
 
 

@@ -7,6 +7,8 @@ experts), with the token embedding tied to the LM head. Module and parameter nam
 
 Shapes: B batch, T new tokens, S = past + T key positions, C hidden size, H query heads, K kv heads, D head size.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,11 +89,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, K, S, D)
-        # GQA: each kv head serves H/K query heads; SDPA broadcasts them without copying k/v H/K times
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # (B, H, T, D)
+        # torch's CPU flash-attention backward takes 2-3x longer under bf16 autocast than in fp32 on rows this
+        # short (scripts/bench.py --attention), so training on a CPU attends in fp32 there, which is also more exact
+        fp32 = self.training and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and T <= 256
+        with torch.autocast("cpu", enabled=False) if fp32 else nullcontext():
+            # GQA: each kv head serves H/K query heads; SDPA broadcasts them without copying k/v H/K times
+            y = F.scaled_dot_product_attention(
+                *((q.float(), k.float(), v.float()) if fp32 else (q, k, v)), attn_mask=attn_mask,
+                is_causal=attn_mask is None and T > 1, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )  # (B, H, T, D)
         return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 
@@ -250,13 +257,17 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
-                labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+                labels=None, use_cache=None, logits_to_keep=0, logits_positions=None, **kwargs):
         """`labels` are unshifted (HF convention): the loss predicts labels[t+1] from position t, -100 ignored.
+        `logits_positions` (N,) flat indices into the B·T positions: logits only there, shaped (N, vocab); a chat
+        row's loss needs the reply positions only, and the vocab-wide head is the costliest layer of a small model.
         `aux_loss` (MoE load balancing, training only) is returned separately; trainers add it to their loss."""
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         hidden, cache, aux_loss = self.model(input_ids, attention_mask, position_ids, cache, use_cache)
-        if logits_to_keep:  # generation needs only the last position's logits
+        if logits_positions is not None:
+            hidden = hidden.flatten(0, 1).index_select(0, logits_positions)  # (N, C)
+        elif logits_to_keep:  # generation needs only the last position's logits
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None

@@ -15,6 +15,9 @@ Measures, for one preset/shape, device, dtype and thread count:
   loss curve  (--loss_curve N) fp32 vs bf16-autocast pretraining from the same init and data order
   checkpointing (--grad_ckpt) peak step memory and step time with and without activation checkpointing, by
               default on the base preset at seq 1024 (RSS on CPU, max_memory_allocated on CUDA)
+  attention   (--attention) attention forward + backward (SDPA, causal, the preset's heads) at 128-768 positions
+              per row (4,096 positions per batch) in bf16 and in fp32: where the model attends in fp32 while training
+              under bf16 autocast on a CPU, this is the measurement behind it
   server      (--server) the OpenAI-compatible server (scripts/serve_openai_api.py's, a random model of each
               preset): new tokens/s of 1, 4 and 16 streaming clients at once against the same requests sent one
               after another, in the same run; the server decodes concurrent requests in one batch
@@ -33,6 +36,7 @@ Examples:
     python scripts/bench.py --grad_ckpt           # activation checkpointing: memory saved, time it costs
     python scripts/bench.py --rollout --skip peak,train,generation,packing --dtype float32   # rollouts only
     python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
+    python scripts/bench.py --attention --config demo   # attention in bf16 vs fp32, per row length
     python scripts/bench.py --server demo,small   # server throughput, concurrent vs sequential clients
     python scripts/bench.py --agent_memory        # agentic RL: peak step memory against --max_tool_turns 1/2/4
 """
@@ -124,6 +128,9 @@ def parse_args(argv=None):
                    help="only measure activation checkpointing: peak step memory and median step time (--steps) "
                         "without and with it, on --config (default base) at --seq_len (default 1024), in --dtype "
                         "(default bfloat16 where native, else float32)")
+    p.add_argument("--attention", action="store_true",
+                   help="only time attention forward + backward in bf16 and fp32 at 128, 256, 512 and 768 positions "
+                        "per row, 4,096 positions per batch, the --config preset's heads (median of --steps)")
     p.add_argument("--server", nargs="?", const="demo", default=None, metavar="PRESETS",
                    help="only measure the HTTP server: comma-separated presets (default demo), each a random model "
                         "served on a free port; --server_clients streaming clients at once vs the same requests one "
@@ -881,6 +888,50 @@ def print_server(results, config):
         print(f"  note: {note}")
 
 
+def bench_attention(args, cfg, device):
+    """ms of one SDPA forward + backward (causal, GQA as the preset has it) per row length, bf16 and fp32 inputs,
+    runs interleaved; 'model' is the dtype MiniMind's attention trains in there under bf16 autocast."""
+    import torch.nn.functional as F
+
+    H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    rows = []
+    for T in (32,) if args.quick else (128, 256, 512, 768):
+        B = max(1, 4096 // T)
+        g = torch.Generator().manual_seed(args.seed)
+        qkv32 = [torch.randn(B, n, T, D, generator=g).to(device) for n in (H, K, K)]
+        inputs = {dt: [t.to(DTYPES[dt]).requires_grad_() for t in qkv32] for dt in ("bfloat16", "float32")}
+
+        def step(dt):
+            q, k, v = inputs[dt]
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != K).sum().backward()
+
+        for dt in inputs:  # warm-up
+            step(dt)
+        times = {dt: [] for dt in inputs}
+        for i in range(args.steps):
+            for dt in (list(inputs) if i % 2 == 0 else list(inputs)[::-1]):
+                times[dt].append(timed(lambda: step(dt), device)[0])
+        ms = {dt: round(1e3 * statistics.median(t), 2) for dt, t in times.items()}
+        fp32_in_training = device.type == "cpu" and T <= 256  # modeling_minimind.Attention's rule
+        rows.append({"seq_len": T, "batch_size": B, "bf16_ms": ms["bfloat16"], "fp32_ms": ms["float32"],
+                     "model": "float32" if fp32_in_training else "bfloat16"})
+        log(f"attention T={T} x B={B}: bf16 {ms['bfloat16']:.1f} ms, fp32 {ms['float32']:.1f} ms")
+    return {"heads": [H, K, D], "attention": rows}
+
+
+def print_attention(r):
+    c = r["config"]
+    H, K, D = r["heads"]
+    print(f"attention forward + backward (SDPA, causal, {H} query / {K} kv heads of {D}), {c['preset']}, "
+          f"{c['device_name']}, {c['threads']} threads; ms = median of {c['steps']}")
+    print(f"{'positions':>9} {'rows':>5} {'bf16 ms':>8} {'fp32 ms':>8} {'bf16/fp32':>9}  model trains in")
+    for row in r["attention"]:
+        print(f"{row['seq_len']:>9} {row['batch_size']:>5} {row['bf16_ms']:>8.1f} {row['fp32_ms']:>8.1f} "
+              f"{row['bf16_ms'] / row['fp32_ms']:>8.2f}x  {row['model']}")
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
 def print_checkpointing(r):
     c = r["config"]
     what = "RSS above the idle process" if c["device"] == "cpu" else "max_memory_allocated above the idle model"
@@ -1048,6 +1099,16 @@ def main(argv=None):
             print(json.dumps(r))
         else:
             print_checkpointing(r)
+        return r
+
+    if args.attention:
+        r = bench_attention(args, cfg, device)
+        busy_note(config, notes, "the times are noisy; each ratio compares runs interleaved in time")
+        r.update({"config": config, "notes": notes})
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print_attention(r)
         return r
 
     if args.loss_curve is not None:

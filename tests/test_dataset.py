@@ -263,6 +263,7 @@ def test_collator_positions_and_block_causal_mask():
     assert batch["labels"].tolist() == [[105, 106, -100, 108, -100], [103, 104, 105, -100, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
     assert batch["num_items"] == 6 and isinstance(batch["num_items"], int)
+    assert batch["loss_positions"].tolist() == [0, 1, 3, 5, 6, 7]  # flat b * 5 + t of the labelled positions
     expected = torch.tensor([
         [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]],
         [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 1]],

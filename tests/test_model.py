@@ -81,6 +81,38 @@ def test_forward_equals_token_by_token_decoding_with_cache(tiny_model):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+def test_logits_at_loss_positions_give_the_full_forward_loss_and_gradients(tiny_model):
+    """logits_positions: the head runs only where there are labels; the loss, a per-row log-prob sum (DPO's) and
+    every gradient equal those of the full (B, T, vocab) logits masked the usual way."""
+    from trainer import losses
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 6400, (3, 10))
+    labels = torch.randint(0, 6400, (3, 10)).masked_fill(torch.rand(3, 10) < 0.6, -100)
+    keep = (labels.flatten() != -100).nonzero().squeeze(1)
+
+    def loss_and_grads(selected: bool):
+        tiny_model.zero_grad()
+        if selected:
+            logits = tiny_model(ids, logits_positions=keep).logits
+            assert logits.shape == (len(keep), 6400)
+            ce = losses.token_cross_entropy(logits, labels.flatten()[keep])
+            rows = losses.sequence_logprobs(logits, labels.flatten()[keep], keep // 10, 3)
+        else:
+            logits = tiny_model(ids).logits
+            ce = losses.token_cross_entropy(logits, labels)
+            rows = losses.sequence_logprobs(logits, labels)
+        ce.sum().backward()
+        return ce.sum().item(), rows.detach(), {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+
+    full, full_rows, full_grads = loss_and_grads(False)
+    part, part_rows, part_grads = loss_and_grads(True)
+    assert 0 < len(keep) < 30 and part == pytest.approx(full, rel=1e-6)
+    assert torch.allclose(part_rows, full_rows, rtol=1e-6, atol=1e-5)
+    for name, grad in full_grads.items():
+        assert torch.allclose(part_grads[name], grad, rtol=1e-5, atol=1e-7), name
+
+
 def test_generate_greedy_same_with_and_without_cache(tiny_model):
     ids = torch.randint(3, 6400, (1, 6))
     with_cache = tiny_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)
@@ -226,3 +258,35 @@ def test_moe_aux_loss_is_alpha_for_uniform_routing():
     _, aux = layer(x)
     # probs are uniform (1/E); load = E/k on the k chosen experts, 0 elsewhere → sum = k * (E/k) * 1/E = 1
     assert torch.isclose(aux, torch.tensor(layer.aux_loss_alpha))
+
+
+@pytest.mark.parametrize("T, training, expected", [(64, True, torch.float32), (300, True, torch.bfloat16),
+                                                   (64, False, torch.bfloat16)])
+def test_cpu_training_under_bf16_autocast_attends_in_fp32_on_short_rows(tiny_model, monkeypatch, T, training, expected):
+    """torch's CPU flash-attention backward is slow in bf16 on short rows (scripts/bench.py --attention), so
+    training attends in fp32 there; long rows and inference keep autocast's bf16. Same output up to bf16 rounding."""
+    import model.modeling_minimind as modeling
+
+    seen, sdpa = [], modeling.F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", recording)
+    ids = torch.randint(0, 6400, (2, T))
+    tiny_model.train(training)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = tiny_model(ids, use_cache=False).logits
+    finally:
+        tiny_model.eval()
+    q_dtype, k_dtype, v_dtype, autocast_on = seen[0]
+    assert len(seen) == tiny_model.config.num_hidden_layers
+    if expected == torch.float32:
+        assert (q_dtype, k_dtype, v_dtype, autocast_on) == (torch.float32,) * 3 + (False,)
+    else:
+        assert autocast_on  # autocast casts the inputs to bf16 inside SDPA
+    with torch.no_grad():
+        reference = tiny_model(ids, use_cache=False).logits
+    assert (logits.float() - reference).abs().max() < 0.1

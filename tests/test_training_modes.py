@@ -84,7 +84,8 @@ def test_bfloat16_resume_is_bit_identical(demo, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     fp32 = tmp_path / "fp32"  # and bf16 autocast really ran: float32 gives other numbers
     run(PRETRAIN, _args(demo, fp32, "--dtype", "float32", "--max_steps", "1", "--save_interval", "0", "--dropout", "0.1"))
-    assert _rows(fp32)[0]["loss"] != _rows(full)[0]["loss"]
+    # (at init the loss is ln(vocab) to 6 places in both; the gradient is not)
+    assert _rows(fp32)[0]["grad_norm"] != _rows(full)[0]["grad_norm"]
 
 
 # ---------------------------------------------------------------- mixture of experts

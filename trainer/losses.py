@@ -12,8 +12,9 @@ IGNORE = -100
 
 
 def token_cross_entropy(logits, labels):
-    """Per-position cross entropy (B, T) in fp32; 0 where labels == -100."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+    """Per-position cross entropy in fp32, shaped like labels ((B, T), or (N,) for logits taken at N positions);
+    0 where labels == -100."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=IGNORE,
                            reduction="none").view(labels.shape)
 
 
@@ -30,9 +31,13 @@ def tag_token_weights(labels, tag_ids, tag_weight: float):
     return torch.where(is_tag, weights * tag_weight, weights)
 
 
-def sequence_logprobs(logits, labels):
-    """Sum of log p(label) over each row's loss-bearing positions: (B,)."""
-    return -token_cross_entropy(logits, labels).sum(dim=-1)
+def sequence_logprobs(logits, labels, rows=None, num_rows=None):
+    """Sum of log p(label) over each row's loss-bearing positions: (B,). With `rows`, logits and labels are taken
+    at N positions ((N, vocab), (N,)) and rows[i] is position i's row, of num_rows."""
+    token_logprobs = -token_cross_entropy(logits, labels)
+    if rows is None:
+        return token_logprobs.sum(dim=-1)
+    return token_logprobs.new_zeros(num_rows).index_add(0, rows, token_logprobs)
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):

@@ -84,15 +84,18 @@ class Stage:
     def on_step(self, step: int, total_steps: int):
         """Called before each optimizer step (stages with schedules of their own use it)."""
 
-    def token_weights(self, batch, args):
+    def token_weights(self, labels, args):
+        """Per-label loss weights for labels (N,), or None for all 1."""
         return None
 
     def loss(self, model, batch, args):
-        """(sum of per-token losses, {metric name: sum}) for one micro-batch."""
+        """(sum of per-token losses, {metric name: sum}) for one micro-batch. Logits only at the labelled
+        positions (the collator's loss_positions): the prompt, padding and system positions skip the LM head."""
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], use_cache=False)
-        token_ce = losses.token_cross_entropy(out.logits, batch["labels"])
-        weights = self.token_weights(batch, args)
+                    position_ids=batch["position_ids"], use_cache=False, logits_positions=batch["loss_positions"])
+        labels = batch["labels"].flatten()[batch["loss_positions"]]
+        token_ce = losses.token_cross_entropy(out.logits, labels)
+        weights = self.token_weights(labels, args)
         metrics = {}
         if weights is None:
             loss = token_ce.sum()
@@ -218,11 +221,13 @@ class DPO(Stage):
 
     def loss(self, model, batch, args):
         n = batch["num_items"]  # pairs; rows [0, n) are chosen, [n, 2n) rejected
+        keep = batch["loss_positions"]  # logits only at the response tokens
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      position_ids=batch["position_ids"], use_cache=False)
-        policy = losses.sequence_logprobs(model(**inputs).logits, batch["labels"])
+                      position_ids=batch["position_ids"], use_cache=False, logits_positions=keep)
+        labels, rows = batch["labels"].flatten()[keep], keep // batch["labels"].shape[1]
+        policy = losses.sequence_logprobs(model(**inputs).logits, labels, rows, 2 * n)
         with torch.no_grad():
-            reference = losses.sequence_logprobs(self.reference(**inputs).logits, batch["labels"])
+            reference = losses.sequence_logprobs(self.reference(**inputs).logits, labels, rows, 2 * n)
         loss, chosen, rejected = losses.dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], args.beta)
         margin = chosen - rejected
         return loss, {"reward_chosen": chosen.sum(), "reward_rejected": rejected.sum(),
@@ -252,8 +257,8 @@ class DistillReason(FullSFT):
             raise StageError(f"the tokenizer lacks single tokens for {REASON_TAGS}; use the project's tokenizer")
         self.tag_ids = torch.tensor(ids, device=info.device)
 
-    def token_weights(self, batch, args):
-        return losses.tag_token_weights(batch["labels"], self.tag_ids, args.tag_weight)
+    def token_weights(self, labels, args):
+        return losses.tag_token_weights(labels, self.tag_ids, args.tag_weight)
 
 
 class Distillation(FullSFT):
@@ -289,12 +294,14 @@ class Distillation(FullSFT):
                              f"{student_vocab}: distillation needs the same tokenizer")
 
     def loss(self, model, batch, args):
+        keep = batch["loss_positions"]  # both losses cover the labelled positions only
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], use_cache=False)
-        out = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits
-        loss, ce, kl = losses.distillation_loss(out.logits, teacher_logits, batch["labels"], args.alpha, args.temperature)
+        out = model(**inputs, logits_positions=keep)
+        with torch.no_grad():  # the teacher may be any causal LM: its logits are taken whole, then selected
+            teacher_logits = self.teacher(**inputs).logits.flatten(0, 1).index_select(0, keep)
+        labels = batch["labels"].flatten()[keep]
+        loss, ce, kl = losses.distillation_loss(out.logits, teacher_logits, labels, args.alpha, args.temperature)
         if out.aux_loss is not None:
             loss = loss + out.aux_loss * batch["num_items"]
         return loss, {"ce": ce, "kl": kl}

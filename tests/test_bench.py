@@ -75,6 +75,17 @@ def test_bench_grad_ckpt_reports_memory_and_time_with_and_without():
     assert result["time_cost"] == round(result["with"]["step_ms"] / result["without"]["step_ms"] - 1, 4)
 
 
+def test_bench_attention_times_both_precisions_and_names_the_models_choice():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--attention", "--quick", "--json", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    (row,) = result["attention"]  # --quick: one row length, 32 positions
+    assert row["seq_len"] == 32 and row["batch_size"] == 128 and row["bf16_ms"] > 0 and row["fp32_ms"] > 0
+    assert row["model"] == "float32"  # a CPU row of <= 256 positions trains its attention in fp32
+    assert result["heads"] == [4, 2, 16]  # the tiny preset's 4 query / 2 kv heads of 16
+
+
 def test_bench_server_reports_sequential_and_concurrent_rates():
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--server", "tiny", "--json", "--threads", "1",
            "--server_clients", "1,3", "--server_tokens", "4", "--server_reps", "1"]

@@ -87,7 +87,7 @@ EOF
   else
     note nccl FAILED "(see $OUT/nccl.txt)"
   fi
-  TRAIN=(--config small --max_steps 200 --batch_size 32 --accumulation_steps 1 --device cuda --dtype bfloat16)
+  TRAIN=(--config small --max_steps 200 --epochs 10 --batch_size 32 --accumulation_steps 1 --device cuda --dtype bfloat16)
 else
   note "cuda tests" skipped "no CUDA"
   note "bench small/base on cuda (with/without --compile)" skipped "no CUDA; ran bench.py --quick on the CPU instead"

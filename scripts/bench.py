@@ -1090,38 +1090,27 @@ def main(argv=None):
             print_server(results, config)
         return results
 
+    def single_part(r, print_table, noisy):  # --grad_ckpt, --attention, --loss_curve: one part, then return
+        busy_note(config, notes, noisy)
+        r.update({"config": config, "notes": notes})
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print_table(r)
+        return r
+
     if args.grad_ckpt:
         dtype_name = args.dtype if args.dtype in DTYPES else ("bfloat16" if has_bf16 else "float32")
-        r = bench_checkpointing(args, shape, device, dtype_name)
-        busy_note(config, notes, "the step times are noisy (the memory figures are not affected)")
-        r.update({"config": config, "notes": notes})
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print_checkpointing(r)
-        return r
-
+        return single_part(bench_checkpointing(args, shape, device, dtype_name), print_checkpointing,
+                           "the step times are noisy (the memory figures are not affected)")
     if args.attention:
-        r = bench_attention(args, cfg, device)
-        busy_note(config, notes, "the times are noisy; each ratio compares runs interleaved in time")
-        r.update({"config": config, "notes": notes})
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print_attention(r)
-        return r
-
+        return single_part(bench_attention(args, cfg, device), print_attention,
+                           "the times are noisy; each ratio compares runs interleaved in time")
     if args.loss_curve is not None:
         if not has_bf16:
             notes.append("no native bf16 on this device: the bf16 curve is emulated")
-        r = run_loss_curve(args, shape, device, load_tokenizer())
-        busy_note(config, notes, "the timings are noisy (the losses are not affected)")
-        r.update({"config": config, "notes": notes})
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print_loss_curve(r)
-        return r
+        return single_part(run_loss_curve(args, shape, device, load_tokenizer()), print_loss_curve,
+                           "the timings are noisy (the losses are not affected)")
 
     result = {"config": config, "flops_per_token_formula": "6*N_matmul + 12*L*T*d (fwd+bwd; no causal discount)",
               "peak": {}, "train": {}, "generation": {}, "packing": [], "notes": notes}

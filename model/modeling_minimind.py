@@ -61,6 +61,11 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+# torch's CPU flash-attention backward takes 2-3x longer under bf16 autocast than in fp32 on rows up to this long
+# (scripts/bench.py --attention), so training on a CPU attends in fp32 there, which is also more exact
+CPU_FP32_ATTENTION_MAX_POSITIONS = 256
+
+
 def apply_rope(x, cos, sin):  # x (B, heads, T, D), cos/sin (B, T, D)
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
@@ -89,9 +94,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, K, S, D)
-        # torch's CPU flash-attention backward takes 2-3x longer under bf16 autocast than in fp32 on rows this
-        # short (scripts/bench.py --attention), so training on a CPU attends in fp32 there, which is also more exact
-        fp32 = self.training and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and T <= 256
+        fp32 = (self.training and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and T <= CPU_FP32_ATTENTION_MAX_POSITIONS)
         with torch.autocast("cpu", enabled=False) if fp32 else nullcontext():
             # GQA: each kv head serves H/K query heads; SDPA broadcasts them without copying k/v H/K times
             y = F.scaled_dot_product_attention(

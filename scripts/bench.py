@@ -893,6 +893,8 @@ def bench_attention(args, cfg, device):
     runs interleaved; 'model' is the dtype MiniMind's attention trains in there under bf16 autocast."""
     import torch.nn.functional as F
 
+    from model.modeling_minimind import CPU_FP32_ATTENTION_MAX_POSITIONS
+
     H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
     rows = []
     for T in (32,) if args.quick else (128, 256, 512, 768):
@@ -912,7 +914,7 @@ def bench_attention(args, cfg, device):
             for dt in (list(inputs) if i % 2 == 0 else list(inputs)[::-1]):
                 times[dt].append(timed(lambda: step(dt), device)[0])
         ms = {dt: round(1e3 * statistics.median(t), 2) for dt, t in times.items()}
-        fp32_in_training = device.type == "cpu" and T <= 256  # modeling_minimind.Attention's rule
+        fp32_in_training = device.type == "cpu" and T <= CPU_FP32_ATTENTION_MAX_POSITIONS
         rows.append({"seq_len": T, "batch_size": B, "bf16_ms": ms["bfloat16"], "fp32_ms": ms["float32"],
                      "model": "float32" if fp32_in_training else "bfloat16"})
         log(f"attention T={T} x B={B}: bf16 {ms['bfloat16']:.1f} ms, fp32 {ms['float32']:.1f} ms")

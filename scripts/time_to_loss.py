@@ -1,6 +1,6 @@
 """Time to quality: validation bits per byte against optimizer steps and training wall-clock, for MiniMind's way of
-pretraining (one padded document per row, AdamW, fp32 on a CPU and bf16 autocast on CUDA as its scripts do), ours (packing, bf16 autocast where the hardware has it,
-AdamW or Muon) and the `--recipe fast` flags, each for the same wall-clock budget or the same number of steps.
+pretraining (one padded document per row, AdamW, fp32 on a CPU and bf16 autocast on CUDA as its scripts do), ours
+(packing, bf16 autocast where the hardware has it, AdamW or Muon) and the `--recipe fast` flags, each for the same wall-clock budget or the same number of steps.
 
     python scripts/time_to_loss.py                                   # small preset on ../shared/data/pretrain.jsonl
     python scripts/time_to_loss.py --steps 150                       # every recipe the same 150 optimizer steps

@@ -261,11 +261,12 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
-                labels=None, use_cache=None, logits_to_keep=0, logits_positions=None, **kwargs):
+                labels=None, use_cache=None, logits_to_keep=0, logits_positions=None, return_hidden=False, **kwargs):
         """`labels` are unshifted (HF convention): the loss predicts labels[t+1] from position t, -100 ignored.
         `logits_positions` (N,) flat indices into the B·T positions: logits only there, shaped (N, vocab); a chat
         row's loss needs the reply positions only, and the vocab-wide head is the costliest layer of a small model.
-        `aux_loss` (MoE load balancing, training only) is returned separately; trainers add it to their loss."""
+        `return_hidden`: no head; the final hidden states (there) come back as `hidden_states`, for a trainer's
+        fused head + loss. `aux_loss` (MoE load balancing, training only) is returned separately."""
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         hidden, cache, aux_loss = self.model(input_ids, attention_mask, position_ids, cache, use_cache)
@@ -273,6 +274,8 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             hidden = hidden.flatten(0, 1).index_select(0, logits_positions)  # (N, C)
         elif logits_to_keep:  # generation needs only the last position's logits
             hidden = hidden[:, -logits_to_keep:]
+        if return_hidden:
+            return MoeCausalLMOutputWithPast(aux_loss=aux_loss, hidden_states=hidden, cache=cache)
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:

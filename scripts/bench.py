@@ -18,6 +18,9 @@ Measures, for one preset/shape, device, dtype and thread count:
   attention   (--attention) attention forward + backward (SDPA, causal, the preset's heads) at 128-768 positions
               per row (4,096 positions per batch) in bf16 and in fp32: where the model attends in fp32 while training
               under bf16 autocast on a CPU, this is the measurement behind it
+  loss head   (--loss_head) the LM head + cross entropy forward + backward at 4,096 labelled positions: the logits
+              path (vocab-wide logits, then the loss) vs the training stages' fused, chunked head and loss
+              (trainer/losses.py linear_cross_entropy), in fp32 and under bf16 autocast
   server      (--server) the OpenAI-compatible server (scripts/serve_openai_api.py's, a random model of each
               preset): new tokens/s of 1, 4 and 16 streaming clients at once against the same requests sent one
               after another, in the same run; the server decodes concurrent requests in one batch
@@ -37,6 +40,7 @@ Examples:
     python scripts/bench.py --rollout --skip peak,train,generation,packing --dtype float32   # rollouts only
     python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
     python scripts/bench.py --attention --config demo   # attention in bf16 vs fp32, per row length
+    python scripts/bench.py --loss_head --config demo   # LM head + loss: logits path vs fused
     python scripts/bench.py --server demo,small   # server throughput, concurrent vs sequential clients
     python scripts/bench.py --agent_memory        # agentic RL: peak step memory against --max_tool_turns 1/2/4
 """
@@ -131,6 +135,10 @@ def parse_args(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="only time attention forward + backward in bf16 and fp32 at 128, 256, 512 and 768 positions "
                         "per row, 4,096 positions per batch, the --config preset's heads (median of --steps)")
+    p.add_argument("--loss_head", action="store_true",
+                   help="only time the LM head + cross entropy forward + backward at 4,096 labelled positions "
+                        "(the --config preset's width and vocab): logits path vs the fused, chunked one, fp32 and "
+                        "bf16 autocast (median of --steps)")
     p.add_argument("--server", nargs="?", const="demo", default=None, metavar="PRESETS",
                    help="only measure the HTTP server: comma-separated presets (default demo), each a random model "
                         "served on a free port; --server_clients streaming clients at once vs the same requests one "
@@ -921,6 +929,52 @@ def bench_attention(args, cfg, device):
     return {"heads": [H, K, D], "attention": rows}
 
 
+def bench_loss_head(args, cfg, device):
+    """ms of the head + loss forward + backward at N labelled positions: F.linear then token_cross_entropy (the
+    vocab-wide logits) against losses.linear_cross_entropy, runs interleaved, in fp32 and under bf16 autocast."""
+    import torch.nn.functional as F
+
+    from trainer import losses
+
+    N = 256 if args.quick else 4096
+    g = torch.Generator().manual_seed(args.seed)
+    hidden = torch.randn(N, cfg.hidden_size, generator=g).to(device).requires_grad_()
+    head = (0.02 * torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g)).to(device).requires_grad_()
+    labels = torch.randint(0, cfg.vocab_size, (N,), generator=g).to(device)
+    paths = {"logits": lambda: losses.token_cross_entropy(F.linear(hidden, head), labels),
+             "fused": lambda: losses.linear_cross_entropy(hidden, head, labels)}
+    rows = []
+    for dt in ("float32", "bfloat16"):
+        def step(path):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dt == "bfloat16"):
+                ce = paths[path]()
+            ce.sum().backward()
+            hidden.grad = head.grad = None
+
+        for path in paths:  # warm-up
+            step(path)
+        times = {path: [] for path in paths}
+        for i in range(args.steps):
+            for path in (list(paths) if i % 2 == 0 else list(paths)[::-1]):
+                times[path].append(timed(lambda: step(path), device)[0])
+        ms = {path: round(1e3 * statistics.median(t), 2) for path, t in times.items()}
+        rows.append({"dtype": dt, "logits_ms": ms["logits"], "fused_ms": ms["fused"]})
+        log(f"loss head {dt}: logits {ms['logits']:.1f} ms, fused {ms['fused']:.1f} ms")
+    return {"positions": N, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "loss_head": rows}
+
+
+def print_loss_head(r):
+    c = r["config"]
+    print(f"LM head + cross entropy forward + backward, {r['positions']} positions x {r['hidden_size']} -> vocab "
+          f"{r['vocab_size']} ({c['preset']}), {c['device_name']}, {c['threads']} threads; ms = median of {c['steps']}")
+    print(f"{'dtype':>9} {'logits ms':>10} {'fused ms':>9} {'fused/logits':>12}")
+    for row in r["loss_head"]:
+        print(f"{row['dtype']:>9} {row['logits_ms']:>10.1f} {row['fused_ms']:>9.1f} "
+              f"{row['fused_ms'] / row['logits_ms']:>11.2f}x")
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
 def print_attention(r):
     c = r["config"]
     H, K, D = r["heads"]
@@ -1092,7 +1146,7 @@ def main(argv=None):
             print_server(results, config)
         return results
 
-    def single_part(r, print_table, noisy):  # --grad_ckpt, --attention, --loss_curve: one part, then return
+    def single_part(r, print_table, noisy):  # --grad_ckpt, --attention, --loss_head, --loss_curve: one part
         busy_note(config, notes, noisy)
         r.update({"config": config, "notes": notes})
         if args.json:
@@ -1107,6 +1161,9 @@ def main(argv=None):
                            "the step times are noisy (the memory figures are not affected)")
     if args.attention:
         return single_part(bench_attention(args, cfg, device), print_attention,
+                           "the times are noisy; each ratio compares runs interleaved in time")
+    if args.loss_head:
+        return single_part(bench_loss_head(args, cfg, device), print_loss_head,
                            "the times are noisy; each ratio compares runs interleaved in time")
     if args.loss_curve is not None:
         if not has_bf16:

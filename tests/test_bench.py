@@ -96,3 +96,13 @@ def test_bench_server_reports_sequential_and_concurrent_rates():
     for n, r in result["clients"].items():
         assert r["tokens"] == 4 * int(n)  # every request ran to max_tokens
         assert r["sequential_tok_s"] > 0 and r["concurrent_tok_s"] > 0 and r["ratio"] > 0
+
+
+def test_bench_loss_head_times_the_logits_and_the_fused_paths():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--loss_head", "--quick", "--json", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["positions"] == 256 and result["vocab_size"] == 6400
+    assert [row["dtype"] for row in result["loss_head"]] == ["float32", "bfloat16"]
+    assert all(row["logits_ms"] > 0 and row["fused_ms"] > 0 for row in result["loss_head"])

@@ -113,6 +113,58 @@ def test_logits_at_loss_positions_give_the_full_forward_loss_and_gradients(tiny_
         assert torch.allclose(part_grads[name], grad, rtol=1e-5, atol=1e-7), name
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_fused_head_and_loss_equal_the_logits_path(tiny_model, autocast):
+    """return_hidden + losses.linear_cross_entropy (the training stages' fused head and loss, in chunks that do not
+    divide N) give the per-token losses and every gradient of the logits path, with an uneven upstream gradient
+    (token weights) and ignored labels. Under bf16 autocast the losses and the hidden-state gradients are the same
+    bf16 matmuls; the head's gradient is summed over chunks in fp32, so it agrees to bf16's precision."""
+    from trainer import losses
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 6400, (3, 10))
+    labels = torch.randint(0, 6400, (3, 10)).masked_fill(torch.rand(3, 10) < 0.3, -100)
+    keep = torch.arange(30)  # every position, the ignored ones included
+    weights = torch.rand(30) * 3
+
+    def loss_and_grads(fused: bool):
+        tiny_model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = tiny_model(ids, logits_positions=keep, return_hidden=fused)
+            if fused:
+                assert out.logits is None and out.hidden_states.shape == (30, tiny_model.config.hidden_size)
+                ce = losses.linear_cross_entropy(out.hidden_states, tiny_model.lm_head.weight, labels.flatten(),
+                                                 chunk_rows=7)
+            else:
+                ce = losses.token_cross_entropy(out.logits, labels.flatten())
+        (ce * weights).sum().backward()
+        return ce.detach(), {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+
+    plain, plain_grads = loss_and_grads(False)
+    fused, fused_grads = loss_and_grads(True)
+    assert (fused[labels.flatten() == -100] == 0).all() and (fused[labels.flatten() != -100] > 0).all()
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-5)
+    tolerance = dict(rtol=2e-2, atol=1e-4) if autocast else dict(rtol=1e-4, atol=1e-6)
+    for name, grad in plain_grads.items():
+        assert grad.abs().sum() > 0 and torch.allclose(fused_grads[name], grad, **tolerance), name
+
+
+def test_fused_loss_with_a_frozen_head_and_no_labelled_rows():
+    """A LoRA run's head is frozen (no gradient is computed for it); a micro-batch may hold no labelled position."""
+    from trainer import losses
+
+    hidden = torch.randn(5, 8, requires_grad=True)
+    head = torch.randn(20, 8)  # requires_grad False
+    ce = losses.linear_cross_entropy(hidden, head, torch.tensor([3, -100, 7, 19, 0]), chunk_rows=2)
+    ce.sum().backward()
+    expected = torch.nn.functional.cross_entropy(hidden.detach() @ head.T, torch.tensor([3, -100, 7, 19, 0]),
+                                                 reduction="none")
+    assert torch.allclose(ce.detach(), expected, atol=1e-5) and head.grad is None and hidden.grad.abs().sum() > 0
+    empty = losses.linear_cross_entropy(torch.randn(0, 8, requires_grad=True), head, torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0,)
+    empty.sum().backward()
+
+
 def test_generate_greedy_same_with_and_without_cache(tiny_model):
     ids = torch.randint(3, 6400, (1, 6))
     with_cache = tiny_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)

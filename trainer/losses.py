@@ -18,6 +18,64 @@ def token_cross_entropy(logits, labels):
                            reduction="none").view(labels.shape)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-position cross entropy of hidden @ weight.T, in row chunks, without keeping the (N, vocab) logits.
+
+    Forward keeps one float per row (its log-sum-exp); backward recomputes each chunk's logits and turns them into
+    the gradient in place: softmax − one-hot, times the row's upstream gradient. The head's matmuls run in the
+    autocast dtype as nn.Linear's would (bf16 logits, then fp32 for the softmax), so the values are the unfused
+    ones; what it saves is the passes over vocab-wide fp32 tensors (cast, log-softmax, its backward, the zeroed
+    gradient) and their memory."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            valid = labels != IGNORE
+            target = labels.clamp_min(0)[:, None]  # (N, 1); ignored rows pick token 0 and are zeroed below
+            lse = hidden.new_empty(len(labels), dtype=torch.float32)
+            target_logit = torch.empty_like(lse)
+            for s in range(0, len(labels), chunk_rows):
+                logits = (h[s:s + chunk_rows] @ w.T).float()  # (n, vocab)
+                lse[s:s + chunk_rows] = torch.logsumexp(logits, dim=-1)
+                target_logit[s:s + chunk_rows] = logits.gather(1, target[s:s + chunk_rows]).squeeze(1)
+        ctx.save_for_backward(h, w, target, valid, lse)
+        ctx.chunk_rows, ctx.dtypes = chunk_rows, (hidden.dtype, weight.dtype)
+        return (lse - target_logit).masked_fill_(~valid, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        h, w, target, valid, lse = ctx.saved_tensors
+        n = ctx.chunk_rows
+        row_grad = (grad_ce.float() * valid)[:, None]  # (N, 1)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
+        minus_one = h.new_full((min(n, len(target)), 1), -1.0, dtype=torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, len(target), n):
+                probs = (h[s:s + n] @ w.T).float().sub_(lse[s:s + n, None]).exp_()  # softmax, (n, vocab)
+                probs.scatter_add_(1, target[s:s + n], minus_one[:len(probs)])  # − one-hot
+                g = probs.mul_(row_grad[s:s + n]).to(h.dtype)
+                if grad_h is not None:
+                    grad_h[s:s + n] = g @ w
+                if grad_w is not None:
+                    grad_w += (g.T @ h[s:s + n]).float()
+        return (grad_h.to(ctx.dtypes[0]) if grad_h is not None else None,
+                grad_w.to(ctx.dtypes[1]) if grad_w is not None else None, None, None)
+
+
+def linear_cross_entropy(hidden, weight, labels, chunk_rows: int | None = None):
+    """token_cross_entropy(hidden @ weight.T, labels) for hidden (N, C) and labels (N,), computed chunk by chunk
+    (the fused LM head + loss of a training step): equal values and gradients, without the vocab-wide logits.
+    chunk_rows: rows per chunk; by default 256 on a CPU (a chunk's fp32 logits stay near the cache) and 4096 on a
+    GPU (fewer kernel launches)."""
+    if chunk_rows is None:
+        chunk_rows = 256 if hidden.device.type == "cpu" else 4096
+    return _LinearCrossEntropy.apply(hidden, weight, labels, chunk_rows)
+
+
 def causal_lm_loss(logits, labels, token_weights=None):
     """Sum of (weighted) token cross entropies over loss-bearing positions."""
     ce = token_cross_entropy(logits, labels)

@@ -17,18 +17,18 @@ BANDS = {
     "identity before LoRA": (("report", "identity", "base_share"), 0.0, 0.25, "0 of 10 held-out phrasings"),
     "identity with LoRA": (("report", "identity", "lora_share"), 0.8, 1.0, "9 of 10"),
     "identity with LoRA, as sentences": (("report", "adapter", "identity_sentence"), 0.7, 1.0, "9 of 10"),
-    "SFT fact answers": (("report", "adapter", "fact_acc_off"), 0.8, 1.0, "98%"),
-    "fact answers, adapter on": (("report", "adapter", "fact_acc_on"), 0.8, 1.0, "98%"),
-    "chat ppl with adapter / without": (("report", "adapter", "chat_ppl_ratio"), 0.0, 1.3, "1.00x"),
-    "DPO pref. accuracy, SFT": (("report", "dpo", "before"), 0.5, 0.85, "60%"),
-    "DPO pref. accuracy, DPO": (("report", "dpo", "after"), 0.75, 1.0, "88%"),
+    "SFT fact answers": (("report", "adapter", "fact_acc_off"), 0.8, 1.0, "95%"),
+    "fact answers, adapter on": (("report", "adapter", "fact_acc_on"), 0.8, 1.0, "95%"),
+    "chat ppl with adapter / without": (("report", "adapter", "chat_ppl_ratio"), 0.0, 1.3, "0.99x"),
+    "DPO pref. accuracy, SFT": (("report", "dpo", "before"), 0.5, 0.85, "73%"),
+    "DPO pref. accuracy, DPO": (("report", "dpo", "after"), 0.75, 1.0, "82%"),
     "well-formed reasoning, before": (("report", "reason", "before"), 0.0, 0.2, "0%"),
     "well-formed reasoning, after": (("report", "reason", "after"), 0.8, 1.0, "100%"),
     "valid tool calls, after": (("report", "tools", "after", "measures", "valid_calls"), 0.6, 1.0, "100%"),
     "thinking-on replies reason": (("report", "tools", "after", "measures", "thinking_on"), 0.6, 1.0, "100%"),
     "thinking-off replies answer directly": (("report", "tools", "after", "measures", "thinking_off"), 0.8, 1.0, "100%"),
-    "chat ppl after the tool mix / SFT": (("report", "tools", "chat_ppl", "ratio"), 0.0, 1.1, "1.00x"),
-    "seconds, whole demo": (("seconds", "total"), 0, 900, "about 8 minutes on 2 cores"),  # 486 s on a busy one
+    "chat ppl after the tool mix / SFT": (("report", "tools", "chat_ppl", "ratio"), 0.0, 1.1, "0.98x"),
+    "seconds, whole demo": (("seconds", "total"), 0, 900, "about 7 minutes on 2 cores"),  # 415 s on a busy one
 }
 # and what each stage bought must be a clear gain, not noise
 GAINS = {

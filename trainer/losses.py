@@ -68,7 +68,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden, weight, labels, chunk_rows: int | None = None):
     """token_cross_entropy(hidden @ weight.T, labels) for hidden (N, C) and labels (N,), computed chunk by chunk
-    (the fused LM head + loss of a training step): equal values and gradients, without the vocab-wide logits.
+    (the fused LM head + loss of a training step), without the vocab-wide logits: the same values and gradients,
+    the head's gradient to bf16's rounding under bf16 autocast (it is summed over chunks in fp32).
     chunk_rows: rows per chunk; by default 256 on a CPU (a chunk's fp32 logits stay near the cache) and 4096 on a
     GPU (fewer kernel launches)."""
     if chunk_rows is None:

@@ -896,6 +896,18 @@ def print_server(results, config):
         print(f"  note: {note}")
 
 
+def interleaved_ms(step, variants: list, steps: int, device) -> dict:
+    """{variant: median ms of step(variant)} after one warm-up each, the variants run in alternating order so that
+    a change in the machine's speed falls on all of them alike."""
+    for variant in variants:
+        step(variant)
+    times = {variant: [] for variant in variants}
+    for i in range(steps):
+        for variant in (variants if i % 2 == 0 else variants[::-1]):
+            times[variant].append(timed(lambda: step(variant), device)[0])
+    return {variant: round(1e3 * statistics.median(t), 2) for variant, t in times.items()}
+
+
 def bench_attention(args, cfg, device):
     """ms of one SDPA forward + backward (causal, GQA as the preset has it) per row length, bf16 and fp32 inputs,
     runs interleaved; 'model' is the dtype MiniMind's attention trains in there under bf16 autocast."""
@@ -915,13 +927,7 @@ def bench_attention(args, cfg, device):
             q, k, v = inputs[dt]
             F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != K).sum().backward()
 
-        for dt in inputs:  # warm-up
-            step(dt)
-        times = {dt: [] for dt in inputs}
-        for i in range(args.steps):
-            for dt in (list(inputs) if i % 2 == 0 else list(inputs)[::-1]):
-                times[dt].append(timed(lambda: step(dt), device)[0])
-        ms = {dt: round(1e3 * statistics.median(t), 2) for dt, t in times.items()}
+        ms = interleaved_ms(step, list(inputs), args.steps, device)
         fp32_in_training = device.type == "cpu" and T <= CPU_FP32_ATTENTION_MAX_POSITIONS
         rows.append({"seq_len": T, "batch_size": B, "bf16_ms": ms["bfloat16"], "fp32_ms": ms["float32"],
                      "model": "float32" if fp32_in_training else "bfloat16"})
@@ -951,13 +957,7 @@ def bench_loss_head(args, cfg, device):
             ce.sum().backward()
             hidden.grad = head.grad = None
 
-        for path in paths:  # warm-up
-            step(path)
-        times = {path: [] for path in paths}
-        for i in range(args.steps):
-            for path in (list(paths) if i % 2 == 0 else list(paths)[::-1]):
-                times[path].append(timed(lambda: step(path), device)[0])
-        ms = {path: round(1e3 * statistics.median(t), 2) for path, t in times.items()}
+        ms = interleaved_ms(step, list(paths), args.steps, device)
         rows.append({"dtype": dt, "logits_ms": ms["logits"], "fused_ms": ms["fused"]})
         log(f"loss head {dt}: logits {ms['logits']:.1f} ms, fused {ms['fused']:.1f} ms")
     return {"positions": N, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "loss_head": rows}

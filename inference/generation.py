@@ -191,30 +191,40 @@ def generate(model, tokenizer, prompt: str, **kwargs) -> str:
 
 def sample_replies(model, tokenizer, prompts, samples: int = 1, temperature: float = 0.7, top_p: float = 0.9,
                    max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64, open_thinking: bool = False) -> list[str]:
-    """`samples` replies per prompt (prompt-major order) with the chat template, through the batched engine: up to
-    `batch_size` replies decoded together, each prompt prefilled once for its samples; `open_thinking` is the
-    template's thinking switch (the replies then start inside the <think> block)."""
-    from .engine import generate_batch
-
+    """`samples` replies per user prompt (prompt-major order) with the chat template, through the batched engine
+    (complete_prompts); `open_thinking` is the template's thinking switch (the replies then start inside the <think>
+    block)."""
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
                                            open_thinking=open_thinking)
              for p in prompts]
+    return complete_prompts(model, tokenizer, texts, samples=samples, temperature=temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+
+
+def complete_prompts(model, tokenizer, texts, samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+                     max_new_tokens: int = 128, seed: int = 0, batch_size: int = 64) -> list[str]:
+    """`samples` completions of each prompt text (already rendered; prompt-major order), through the batched engine:
+    up to `batch_size` completions decoded together, each prompt prefilled once for its samples, left-padded to the
+    longest of its batch (so prompts of like lengths batch best). Temperature 0 is greedy: generate()'s text."""
+    from .engine import generate_batch
+
+    if not texts:
+        return []
     eos = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     if not (temperature > 0 and top_p > 0):
         temperature = 0.0  # greedy, as sampling_kwargs reads it
     generator = torch.Generator(device=model.device).manual_seed(seed)
     per_batch = max(1, batch_size // samples)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     replies = []
-    try:
-        for start in range(0, len(texts), per_batch):
-            enc = tokenizer(texts[start:start + per_batch], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = generate_batch(model, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
-                                 num_samples=samples, max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                                 pad_token_id=pad, temperature=temperature, top_p=min(top_p, 1.0), generator=generator)
-            replies += tokenizer.batch_decode(out.tokens.masked_fill(~out.mask, pad), skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
+    for start in range(0, len(ids), per_batch):
+        batch = ids[start:start + per_batch]
+        width = max(len(row) for row in batch)
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in batch], device=model.device)
+        out = generate_batch(model, input_ids, mask, num_samples=samples, max_new_tokens=max_new_tokens,
+                             eos_token_ids=eos, pad_token_id=pad, temperature=temperature, top_p=min(top_p, 1.0),
+                             generator=generator)
+        replies += tokenizer.batch_decode(out.tokens.masked_fill(~out.mask, pad), skip_special_tokens=True)
     return replies

@@ -28,9 +28,9 @@ from dataset.jsonl import json_lines
 
 from .chat_format import FormatError, check_call, normalize_tool_calls, normalize_tools, \
     parse_assistant
-from .generation import generate
+from .generation import complete_prompts
 from .reasoning import turn_is_well_formed
-from .tool_loop import render_prompt, run_tool_loop
+from .tool_loop import ToolLoop, render_prompt, run_tool_loops
 from .tools import BUILTIN_TOOLS, Toolbox
 
 MEASURE_LABELS = {
@@ -134,25 +134,49 @@ def _share(flags):
 
 
 def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_new_tokens: int = 80,
-                     progress: bool = False, generate_fn=None, without_tools: bool = True) -> dict:
-    """The measures of the module docstring on `records` (read_tool_file's), greedy. `generate_fn(prompt) -> text`
-    replaces the model (tests, other back ends); `without_tools=False` skips asking the questions without tools. Returns {"measures": {name: share or None}, "counts": {...},
-    "by_kind": {kind: {name: share}}, "settings": {...}, "tasks": [...]}."""
-    greedy = dict(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
-    if generate_fn is None:
-        def generate_fn(prompt):
-            return generate(model, tokenizer, prompt, **greedy)
-    iterator = records
+                     progress: bool = False, generate_fn=None, without_tools: bool = True, batch_size: int = 64) -> dict:
+    """The measures of the module docstring on `records` (read_tool_file's), greedy. The tasks' tool loops run in
+    lockstep, each round one batched generation (inference.generation.complete_prompts, up to `batch_size` prompts
+    at a time); `generate_fn(prompt) -> text` replaces the model, one prompt at a time (tests, other back ends).
+    `without_tools=False` skips asking the questions without tools. Returns {"measures": {name: share or None},
+    "counts": {...}, "by_kind": {kind: {name: share}}, "settings": {...}, "tasks": [...]}."""
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(records, desc="tool tasks", unit="task", dynamic_ncols=True)
+        bar = tqdm(desc="tool tasks", unit="reply", dynamic_ncols=True)
+
+    def generate_many(prompts: list[str]) -> list[str]:
+        if generate_fn is not None:
+            texts = [generate_fn(p) for p in prompts]
+        else:
+            texts = complete_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                     batch_size=batch_size)
+        if bar is not None:
+            bar.update(len(prompts))
+        return texts
+
+    tool_records = [r for r in records if r["tools"]]
+    loops = [ToolLoop(tokenizer, r["messages"], task_toolbox(r), open_thinking=False, max_tool_calls=max_tool_calls)
+             for r in tool_records]
+    results = dict(zip(map(id, tool_records), run_tool_loops(loops, generate_many)))
+    # every single-reply prompt in one batch: the questions without tools, the thinking prompts switched on and off
+    single = []
+    for record in records:
+        if record["tools"] and record["answer"] and without_tools:
+            plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
+            single.append((id(record), "bare", render_prompt(tokenizer, plain, None, False)))
+        elif not record["tools"]:
+            single += [(id(record), "on", render_prompt(tokenizer, record["messages"], None, True)),
+                       (id(record), "off", render_prompt(tokenizer, record["messages"], None, False))]
+    replies = dict(zip([(key, which) for key, which, _ in single], generate_many([p for _, _, p in single])))
+    if bar is not None:
+        bar.close()
     tasks = []
-    for record in iterator:
+    for record in records:
         task = {"kind": record["kind"], "question": record["messages"][-1].get("content", "")}
         if record["tools"]:
-            loop = run_tool_loop(model, tokenizer, record["messages"], task_toolbox(record), open_thinking=False,
-                                 max_tool_calls=max_tool_calls, generate_fn=generate_fn)
+            loop = results[id(record)]
             first = parse_assistant(loop.texts[0], thinking=False)
             expected = record["expected_calls"]
             made = [call for call, _ in loop.calls]
@@ -163,14 +187,12 @@ def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_
                 right_arguments=bool(first.tool_calls) and bool(expected) and calls_match(first.tool_calls[0], expected[0]),
                 right_calls=len(made) == len(expected) and all(calls_match(g, e) for g, e in zip(made, expected)),
                 answer_with_tools=answer_correct(loop.answer, record["answer"]) if record["answer"] else None)
-            if record["answer"] and without_tools:
-                plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
-                bare = generate_fn(render_prompt(tokenizer, plain, None, False))
+            if (id(record), "bare") in replies:
+                bare = replies[id(record), "bare"]
                 task.update(answer_no_tools_reply=bare,
                             answer_without_tools=answer_correct(parse_assistant(bare).content, record["answer"]))
         else:
-            on = generate_fn(render_prompt(tokenizer, record["messages"], None, True))
-            off = generate_fn(render_prompt(tokenizer, record["messages"], None, False))
+            on, off = replies[id(record), "on"], replies[id(record), "off"]
             on_reply, off_reply = parse_assistant(on, thinking=True), parse_assistant(off, thinking=False)
             task.update(thinking_on_reply=on, thinking_off_reply=off,
                         thinking_on=turn_is_well_formed(on, thinking=True),

@@ -163,3 +163,29 @@ def test_the_demo_reasoning_mix_adds_tool_and_thinking_conversations(demo):
     assert mix[:len(reason)] == reason
     added = [json.loads(line)["conversations"] for line in mix[len(reason):]]
     assert any(turns[0].get("tools") for turns in added) and any("reasoning_content" in turns[-1] for turns in added)
+
+
+def test_batched_measure_equals_one_generation_at_a_time(tmp_path):
+    """The default path (every task's loop in lockstep, a batched greedy generation a round, prompts of different
+    lengths left-padded together) gives the same replies as generate() one prompt at a time: a tiny random model,
+    the project's own template."""
+    import torch
+
+    from conftest import tiny_config
+    from inference.generation import generate
+    from model import MiniMindForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.initializer_range = 0.5  # large random weights: each prompt gets a reply of its own, not one shared one
+    model = MiniMindForCausalLM(config).eval()
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in tool_heldout_lines(random.Random(5), 6, 2)) + "\n")
+    records = read_tool_file(path)
+    batched = measure_tool_use(model, tok, records, max_new_tokens=12, batch_size=4)
+    one_by_one = measure_tool_use(model, tok, records, max_new_tokens=12,
+                                  generate_fn=lambda p: generate(model, tok, p, max_new_tokens=12, temperature=0.0))
+    assert batched["tasks"] == one_by_one["tasks"]
+    firsts = [t.get("first_reply", t.get("thinking_on_reply")) for t in batched["tasks"]]
+    assert len(set(firsts)) == len(firsts)  # replies told apart: a reply handed to the wrong task would show

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT, tiny_config
 from model import TOKENIZER_DIR, MiniMindForCausalLM
-from inference.tool_loop import render_prompt, run_tool_loop
+from inference.tool_loop import ToolLoop, render_prompt, run_tool_loop, run_tool_loops
 from inference.tools import builtin_toolbox
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "minimind3" / "tokenizer_config.json"
@@ -120,3 +120,37 @@ def test_with_a_real_model_and_the_projects_own_tokenizer():
     runs = [run_tool_loop(model, tok, [USER], builtin_toolbox(), max_new_tokens=6, temperature=0) for _ in range(2)]
     assert runs[0].texts == runs[1].texts and len(runs[0].texts) == 1
     assert runs[0].messages[-1]["role"] == "assistant" and runs[0].answer == runs[0].texts[0].strip()
+
+
+def test_loops_in_lockstep_match_loops_run_alone(tokenizer):
+    """run_tool_loops: one generate_many call per round over the loops still running (three loops ending after 1,
+    2 and 3 rounds here, one of them at the call limit); each ends exactly as run_tool_loop ends it alone."""
+    box = builtin_toolbox()
+    questions = ["What is 2 plus 3?", "What is the capital of Peru?", "Compute 37 * 12, then add 1."]
+    scripts = {questions[0]: ["5."],
+               questions[1]: [call_text("get_capital", country="Peru"), "Lima."],
+               questions[2]: [call_text("calculate", expression="37 * 12"), call_text("calculate", expression="444 + 1"),
+                              call_text("calculate", expression="0")]}
+
+    def reply_for(prompt):  # the script of the prompt's question, at the round its tool results say
+        question = next(q for q in questions if q in prompt)
+        return scripts[question][prompt.count("<tool_response>")]
+
+    alone = [run_tool_loop(None, tokenizer, [{"role": "user", "content": q}], box, open_thinking=False,
+                           max_tool_calls=2, generate_fn=reply_for) for q in questions]
+    rounds = []
+
+    def generate_many(prompts):
+        rounds.append(len(prompts))
+        return [reply_for(p) for p in prompts]
+
+    loops = [ToolLoop(tokenizer, [{"role": "user", "content": q}], box, open_thinking=False, max_tool_calls=2)
+             for q in questions]
+    together = run_tool_loops(loops, generate_many)
+    assert rounds == [3, 2, 1]
+    assert [r.finish_reason for r in together] == ["stop", "stop", "max_tool_calls"]
+    for a, b in zip(alone, together):
+        assert (a.messages, a.texts, a.calls, a.finish_reason) == (b.messages, b.texts, b.calls, b.finish_reason)
+    assert all(loop.prompt is None for loop in loops)
+    with pytest.raises(RuntimeError, match="ended"):
+        loops[0].step("more")

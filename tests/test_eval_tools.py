@@ -145,6 +145,33 @@ def test_conversations_score_the_assistant_replies_and_their_bytes(tmp_path, bas
     assert score.nll == pytest.approx(nll, rel=1e-5)
 
 
+def test_an_export_loaded_by_transformers_scores_the_same(tmp_path, base, tok, cache):
+    """score_file and preference_accuracy run a MiniMind model's LM head at the labelled positions only; a model
+    without that option (the Llama export, loaded by transformers) gives every position's logits, picked after.
+    Both give the same figures."""
+    from transformers import AutoModelForCausalLM
+
+    from inference.convert import export_llama
+    from trainer.evaluation import preference_accuracy
+
+    llama = AutoModelForCausalLM.from_pretrained(export_llama(base, tmp_path / "llama")).eval()
+    minimind = load_model(base).eval()
+    assert type(llama).__name__ == "LlamaForCausalLM"
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [
+        {"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "An answer " * (i + 1)}]}
+        for i in range(5)])
+    pairs = write_jsonl(tmp_path / "dpo.jsonl", [{
+        "chosen": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "yes " * (i + 1)}],
+        "rejected": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "no " * (2 * i + 1)}]}
+        for i in range(6)])
+    ours, theirs = (score_file(m, tok, chats, "sft", max_seq_len=SEQ, batch_size=2, cache_dir=cache)
+                    for m in (minimind, llama))
+    assert ours.tokens == theirs.tokens > 0 and ours.nll == pytest.approx(theirs.nll, rel=1e-5)
+    assert preference_accuracy(minimind, tok, pairs, SEQ, 4) == preference_accuracy(llama, tok, pairs, SEQ, 4)
+    # the implicit reward against a reference: the model against a copy of itself ties everywhere (counted wrong)
+    assert preference_accuracy(minimind, tok, pairs, SEQ, 4, reference=load_model(base)) == 0.0
+
+
 def test_token_byte_lengths(tok):
     table = token_byte_lengths(tok)
     assert len(table) == len(tok)

@@ -11,6 +11,7 @@ text is what the loss-bearing tokens decode to: data text, including added non-s
 counts its UTF-8 bytes; the tokenizer's special (control) tokens, e.g. end-of-text or end-of-turn, count 0 bytes
 although their NLL is in the total. For pretraining text that is exactly the UTF-8 size of the text.
 """
+import inspect
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,11 +93,19 @@ def _row(dataset, kind, i):
     return [dataset[i][0]] if kind == "dpo" else dataset[i]
 
 
-def _forward(model, batch):
+def _logits_at_labels(model, batch):
+    """Logits (N, vocab) at the batch's N loss-bearing positions (its flat `loss_positions`). A MiniMind model runs
+    its LM head only there (prompts and padding skip it); another causal LM (an export loaded by transformers)
+    returns every position's and they are picked."""
     device = model.device
-    mask = batch["attention_mask"]
-    return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                 attention_mask=None if mask is None else mask.to(device), use_cache=False).logits
+    mask, keep = batch["attention_mask"], batch["loss_positions"].to(device)
+    inputs = dict(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                  attention_mask=None if mask is None else mask.to(device), use_cache=False)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it through
+    if "logits_positions" in inspect.signature(base.forward).parameters:
+        return model(**inputs, logits_positions=keep).logits
+    logits = model(**inputs).logits
+    return logits.flatten(0, 1).index_select(0, keep)
 
 
 @torch.no_grad()
@@ -125,12 +134,11 @@ def score_file(model, tokenizer, path, kind: str = "auto", max_seq_len: int = 51
         for start in starts:
             chunk = [_row(dataset, kind, i) for i in range(start, min(start + batch_size, n_rows))]
             batch = collate(chunk)
-            labels = batch["labels"]
-            ce = losses.token_cross_entropy(_forward(model, batch), labels.to(model.device))
+            labels = batch["labels"].flatten()[batch["loss_positions"]]
+            ce = losses.token_cross_entropy(_logits_at_labels(model, batch), labels.to(model.device))
             nll += float(ce.double().sum())
-            scored = labels != losses.IGNORE
-            tokens += int(scored.sum())
-            n_bytes += int(byte_table[labels[scored]].sum())
+            tokens += len(labels)
+            n_bytes += int(byte_table[labels].sum())
             samples += sum(len(row) for row in chunk)
     finally:
         model.train(was_training)
@@ -153,12 +161,16 @@ def preference_accuracy(model, tokenizer, path, max_seq_len=512, batch_size=16, 
     model.eval()
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        n, ids, labels = batch["num_items"], batch["input_ids"].to(model.device), batch["labels"].to(model.device)
-        logp = losses.sequence_logprobs(model(input_ids=ids, use_cache=False).logits, labels)
+        n, width = batch["num_items"], batch["labels"].shape[1]
+        labels, rows = batch["labels"].flatten()[batch["loss_positions"]], batch["loss_positions"] // width
+
+        def logprobs(m):  # (2n,) summed log-probs of each row's reply; chosen rows first, then rejected
+            return losses.sequence_logprobs(_logits_at_labels(m, batch), labels.to(m.device), rows.to(m.device), 2 * n)
+
+        logp = logprobs(model)
         if reference is not None:
             reference.eval()
-            logp = logp - losses.sequence_logprobs(reference(input_ids=ids.to(reference.device), use_cache=False).logits,
-                                                   labels.to(reference.device)).to(logp.device)
+            logp = logp - logprobs(reference).to(logp.device)
         wins += int((logp[:n] > logp[n:]).sum())
         pairs += n
     return wins / max(pairs, 1)

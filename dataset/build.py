@@ -13,7 +13,8 @@ from .streaming import StreamingRows
 
 def build_dataset(kind: str, path, tokenizer, max_seq_len: int, packing: bool = True, cache_dir=None,
                   skip_bad_lines: bool = False, streaming: bool = False, seed: int = 0,
-                  rank: int = 0, world_size: int = 1, buffer_size: int = 4096, num_proc: int = 1):
+                  rank: int = 0, world_size: int = 1, buffer_size: int = 4096, num_proc: int = 1,
+                  share_prefixes: bool = False):
     """A dataset of rows for `kind` ("pretrain", "sft" or "dpo").
 
     Map-style (default): the whole file is validated first (the first bad line raises DataError
@@ -22,12 +23,17 @@ def build_dataset(kind: str, path, tokenizer, max_seq_len: int, packing: bool = 
     streaming=True: returns a StreamingRows iterable that validates, tokenizes and packs on the fly,
     reading only this rank's share of the records (rank, world_size); cache_dir is not used.
     num_proc > 1 validates and tokenizes in that many processes (map-style).
+    share_prefixes=True (map-style, packed) packs conversations that open with the same loss-free tokens as one
+    prefix and branches (dataset/sharing.py).
     Counts are in `.stats`, and for map-style the seconds each step took in `.stats.seconds`.
     """
     check_kind(kind)
     check_tokenizer(tokenizer, kind)
     if max_seq_len < 2:
         raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+    if share_prefixes and (streaming or kind == "dpo" or not packing):
+        raise ValueError("sharing prefixes needs the map-style, packed data path of a text or conversation file "
+                         "(not --streaming, --no_packing or DPO pairs)")
     if streaming:
         return StreamingRows(kind, path, tokenizer, max_seq_len, packing=packing, skip_bad_lines=skip_bad_lines,
                              seed=seed, rank=rank, world_size=world_size, buffer_size=buffer_size)
@@ -44,7 +50,8 @@ def build_dataset(kind: str, path, tokenizer, max_seq_len: int, packing: bool = 
     validated = time.perf_counter()
     samples = tables.sample_table(records, records_fingerprint, kind, tokenizer, max_seq_len, path, num_proc)
     tokenized = time.perf_counter()
-    dataset = PreferencePairs(samples, stats) if kind == "dpo" else PackedRows(samples, stats, packing, seed)
+    dataset = PreferencePairs(samples, stats) if kind == "dpo" else PackedRows(samples, stats, packing, seed,
+                                                                                    share_prefixes)
     stats.seconds = {"validate": validated - start, "tokenize": tokenized - validated,
                      "rows": time.perf_counter() - tokenized}
     stats.warn_truncation()

@@ -12,6 +12,9 @@ class PackedBatchCollator:
       attention_mask: None when every row holds one sample (causal attention is then enough,
                       padding being on the right); otherwise a bool [B, 1, T, T] block-diagonal
                       causal mask, True = may attend; padding positions attend to themselves only;
+                      a branch of a shared prefix (dataset/sharing.py: a sample with "prefix_length",
+                      after the one with "prefix": True) attends to that prefix and to itself, and its
+                      positions continue from the prefix's length;
       num_items: int, the number of loss-bearing labels in the batch;
       loss_positions: [num_items] long, their flat (b * T + t) indices: the trainer computes logits only there
                       (found here, on the CPU, so selecting them needs no device sync in the step).
@@ -33,14 +36,24 @@ class PackedBatchCollator:
         labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros(shape, dtype=torch.long)
         segment_ids = torch.full(shape, -1, dtype=torch.long)  # which sample of the row; -1 = padding
+        prefix_ids = torch.full(shape, -2, dtype=torch.long)  # a branch's prefix segment; -2 = none
+        shared = False
         for b, row in enumerate(rows):
-            start = 0
+            start, prefix = 0, None
             for k, sample in enumerate(row):
                 end = start + len(sample["input_ids"])
                 input_ids[b, start:end] = torch.tensor(sample["input_ids"])
                 labels[b, start:end] = torch.tensor(sample["labels"])
-                position_ids[b, start:end] = torch.arange(end - start)
+                offset = sample.get("prefix_length", 0)
+                position_ids[b, start:end] = torch.arange(offset, offset + end - start)
                 segment_ids[b, start:end] = k
+                if sample.get("prefix"):
+                    prefix = k
+                elif offset:
+                    if prefix is None:
+                        raise ValueError("a branch (prefix_length) without its prefix before it in the row")
+                    prefix_ids[b, start:end] = prefix
+                    shared = True
                 start = end
         single = all(len(row) == 1 for row in rows)
         loss_positions = (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
@@ -48,16 +61,19 @@ class PackedBatchCollator:
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
-            "attention_mask": None if single else block_causal_mask(segment_ids),
+            "attention_mask": None if single else block_causal_mask(segment_ids, prefix_ids if shared else None),
             "num_items": len(loss_positions),
             "loss_positions": loss_positions,
         }
 
 
-def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """[B, 1, T, T] bool: query q may attend key k iff both are in the same sample and k <= q."""
+def block_causal_mask(segment_ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, 1, T, T] bool: query q may attend key k iff k <= q and both are in the same sample, or k is in the
+    prefix that q's sample continues (`prefix_ids`: that prefix's segment for each branch position, else -2)."""
     width = segment_ids.shape[1]
     same_sample = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if prefix_ids is not None:
+        same_sample |= prefix_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     real_query = (segment_ids >= 0)[:, :, None]
     # Padding queries see only themselves: a row with no allowed key would softmax to NaN.

@@ -21,6 +21,9 @@ class DataStats:
     n_positions: int = 0     # non-padding positions over all kept samples
     n_label_tokens: int = 0  # labels that carry loss
     n_bytes: int = 0         # size of the file
+    n_shared_prefixes: int = 0   # share_prefixes: prefixes packed once ...
+    n_shared_branches: int = 0   # ... for this many samples, which continue them
+    n_shared_positions: int = 0  # positions not computed thanks to them (not in n_positions)
     seconds: dict = field(default_factory=dict)  # map-style build: validate, tokenize, rows (each from cache if cached)
 
     @property
@@ -33,7 +36,9 @@ class DataStats:
         return (f"{self.path} ({self.kind}): {self.n_records} records, {self.n_samples} samples in "
                 f"{self.n_rows} rows of <= {self.max_seq_len} positions ({self.fill:.1%} filled), "
                 f"{self.n_label_tokens} label tokens, {self.n_truncated} truncated, {self.n_dropped} dropped, "
-                f"{self.n_bad_lines} bad lines skipped")
+                f"{self.n_bad_lines} bad lines skipped" + (
+                    f"; {self.n_shared_branches} samples continue {self.n_shared_prefixes} shared prefixes "
+                    f"({self.n_shared_positions} positions not repeated)" if self.n_shared_prefixes else ""))
 
     def timing(self) -> str:
         """One line: how long each build step took, with the file's MB/s (a cached step is a load)."""

@@ -25,6 +25,7 @@ def base_parser(stage) -> argparse.ArgumentParser:
     g.add_argument("--data_path", default=stage.default_data, help="training data (jsonl in MiniMind's format)")
     g.add_argument("--max_seq_len", type=int, default=stage.max_seq_len, help="positions per row; longer samples are split (pretrain) or truncated with a warning (conversations)")
     g.add_argument("--no_packing", action="store_true", help="one sample per padded row (MiniMind's layout) instead of packing several samples per row")
+    g.add_argument("--share_prefixes", action="store_true", help="pack conversations that open with the same loss-free tokens (e.g. one system prompt and tools block) as that prefix once plus each one's remainder, which attends to the prefix and itself only: the same loss, fewer positions (dataset/sharing.py)")
     g.add_argument("--streaming", action="store_true", help="read and tokenize the data on the fly (corpora larger than memory; no shuffling)")
     g.add_argument("--skip_bad_lines", action="store_true", help="skip malformed jsonl lines and report their count instead of stopping")
     g.add_argument("--cache_dir", default=None, help="where tokenized data is cached (default: the datasets library's cache)")

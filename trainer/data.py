@@ -31,6 +31,7 @@ class TrainData:
             kind, args.data_path, tokenizer, args.max_seq_len, packing=not args.no_packing and kind != "dpo",
             cache_dir=args.cache_dir, skip_bad_lines=args.skip_bad_lines, streaming=args.streaming,
             seed=args.seed, rank=info.rank, world_size=info.world_size, num_proc=args.num_proc,
+            share_prefixes=getattr(args, "share_prefixes", False),
         )
         if getattr(args, "mix_data", None):
             dataset = cls._mixed(dataset, kind, args, tokenizer)

@@ -1,0 +1,81 @@
+"""Shared prefixes: conversations that open with the same tokens (one system prompt with one tools block, say) are
+packed as that prefix once, followed by each conversation's remainder as a branch.
+
+A branch attends to the prefix and causally to itself, never to another branch, and its positions continue from
+the prefix's length (dataset.collate builds that mask and those positions). So every branch sees exactly the
+context it has as a conversation of its own: its loss is the same, and so is the gradient, which sums over the
+branches what separate copies of the prefix would have received. Only loss-free positions are shared (a prefix
+never holds a label), so the labels trained on are unchanged; the positions computed are fewer.
+
+MiniMind-3's tool data is the case this is for: a tools block is 300-600 tokens, a tool conversation's own part
+about 100.
+"""
+from .samples import IGNORE_INDEX
+
+MIN_SHARED = 32  # a shorter common prefix saves less than it costs to mask
+
+
+def loss_free_lead(labels: list[int]) -> int:
+    """How many leading positions carry no loss."""
+    for t, label in enumerate(labels):
+        if label != IGNORE_INDEX:
+            return t
+    return len(labels)
+
+
+def _common(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def shared_prefix_groups(input_ids: list[list[int]], labels: list[list[int]], max_seq_len: int,
+                         min_shared: int = MIN_SHARED) -> list[tuple[list[int], int]]:
+    """Samples in groups that share a prefix: [(sample indices, prefix length)], every sample in exactly one group.
+
+    A group of one has prefix length 0 (packed as usual). Samples are sorted by their loss-free lead, so those
+    sharing a prefix are neighbours; a group grows while its common prefix keeps at least `min_shared` positions
+    and the prefix plus all branches fits in `max_seq_len`. Deterministic."""
+    leads = [loss_free_lead(row) for row in labels]
+    order = sorted(range(len(input_ids)), key=lambda i: input_ids[i][:leads[i]])
+    groups: list[tuple[list[int], int]] = []
+    members, shared, size = [], 0, 0  # the open group, its common prefix and its packed length
+
+    def close():
+        if members:
+            groups.append((list(members), shared if len(members) > 1 else 0))
+
+    for i in order:
+        length, lead = len(input_ids[i]), min(leads[i], len(input_ids[i]) - 1)  # a branch keeps >= 1 position
+        if members:
+            prev = members[-1]
+            common = _common(input_ids[prev], input_ids[i], min(shared, lead))
+            # the prefix shrinks to `common`: the earlier branches grow by what it gives up
+            grown = common + (size - shared) + (shared - common) * len(members) + (length - common)
+            if common >= min_shared and grown <= max_seq_len:
+                members.append(i)
+                shared, size = common, grown
+                continue
+        close()
+        members, shared, size = [i], lead, length
+    close()
+    return groups
+
+
+def group_entries(groups, lengths) -> tuple[list[list[tuple[int, int, int]]], list[int]]:
+    """Per group, its entries (sample, cut, role) in order, and its packed length. Role 0: a whole sample;
+    1: a prefix (the sample's first `cut` positions); 2: a branch (the sample from position `cut` on)."""
+    entries, sizes = [], []
+    for members, shared in groups:
+        if len(members) == 1:
+            entries.append([(members[0], 0, 0)])
+            sizes.append(int(lengths[members[0]]))
+        else:
+            entries.append([(members[0], shared, 1)] + [(m, shared, 2) for m in members])
+            sizes.append(shared + sum(int(lengths[m]) - shared for m in members))
+    return entries, sizes
+
+
+def positions_saved(sizes: list[int], lengths) -> int:
+    return int(sum(lengths)) - sum(sizes)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import tiny_config
 from dataset import PackedBatchCollator, block_causal_mask, build_dataset
@@ -11,6 +12,7 @@ from dataset.samples import IGNORE_INDEX
 from dataset.sharing import MIN_SHARED, group_entries, loss_free_lead, shared_prefix_groups
 from model import MiniMindForCausalLM
 from trainer import FULL_SFT, losses, run
+from trainer.stages import FullSFT
 
 TOOLS = ("You may call these functions: calculate (evaluate an arithmetic expression), get_capital (the capital "
          "city of a country), get_colour (the colour of a thing). Answer with a call, then with the result.")
@@ -127,3 +129,29 @@ def test_the_flag_trains_and_refuses_what_it_cannot_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(FULL_SFT, [*common, "--share_prefixes", "--streaming"])
     assert exit_info.value.code != 0 and "sharing prefixes needs" in capsys.readouterr().err
+
+
+class InterruptedSFT(FullSFT):
+    """The SFT stage, stopped (as by Ctrl-C) before optimizer step `stop_at`, past its first epoch."""
+    stop_at = 5
+
+    def on_step(self, step, total_steps):
+        if step == self.stop_at:
+            raise KeyboardInterrupt
+
+
+def test_resume_with_shared_prefixes_equals_the_uninterrupted_run(tmp_path, tok, capsys):
+    path = write(tmp_path / "chats.jsonl", conversations(12, systems=(TOOLS, TOOLS + " Be brief.")))
+    common = [str(a) for a in ["--data_path", path, "--config", "tiny", "--device", "cpu", "--dtype", "float32",
+                               "--num_workers", "0", "--quiet", "--from_weight", "none", "--epochs", "3",
+                               "--batch_size", "2", "--max_seq_len", "256", "--cache_dir", tmp_path / "cache",
+                               "--save_interval", "1", "--share_prefixes"]]
+    run(FULL_SFT, [*common, "--out_dir", tmp_path / "full"])
+    with pytest.raises(SystemExit) as stopped:
+        run(InterruptedSFT(), [*common, "--out_dir", tmp_path / "resumed"])
+    assert stopped.value.code == 130
+    capsys.readouterr()
+    run(FULL_SFT, [*common, "--out_dir", tmp_path / "resumed", "--resume"])
+    assert f"(step {InterruptedSFT.stop_at})" in capsys.readouterr().err
+    full, resumed = (load_file(str(tmp_path / out / "full_sft_64" / "model.safetensors")) for out in ("full", "resumed"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)

@@ -79,3 +79,46 @@ def group_entries(groups, lengths) -> tuple[list[list[tuple[int, int, int]]], li
 
 def positions_saved(sizes: list[int], lengths) -> int:
     return int(sum(lengths)) - sum(sizes)
+
+
+def prompt_branches(sequences, prompt_mask, completion_attention, group_size: int) -> dict:
+    """A rollout batch (GRPO's layout: N = prompts × group_size rows of a left-padded prompt (P) and a right-padded
+    completion (C), the group's rows sharing one prompt) as one row per prompt: the prompt once, then each of its
+    completions as a branch. Returns the model inputs (input_ids, position_ids, attention_mask: (B, W) and a
+    (B, 1, W, W) bool mask) and `predict_at` (N, C): the flat position (b * W + t) whose logits predict each
+    completion token (the prompt's last position for the first; a padding token points at position 0)."""
+    import torch
+
+    from .collate import block_causal_mask
+
+    device = sequences.device
+    N, P = prompt_mask.shape
+    B, C = N // group_size, completion_attention.shape[1]
+    prompt_lengths = prompt_mask[::group_size].sum(dim=1).tolist()
+    completion_lengths = completion_attention.sum(dim=1).tolist()
+    widths = [p + sum(completion_lengths[b * group_size:(b + 1) * group_size]) for b, p in enumerate(prompt_lengths)]
+    W = max(widths)
+    rows = sequences.tolist()
+    input_ids = torch.zeros(B, W, dtype=torch.long)
+    position_ids = torch.zeros(B, W, dtype=torch.long)
+    segment_ids = torch.full((B, W), -1, dtype=torch.long)
+    prefix_ids = torch.full((B, W), -2, dtype=torch.long)
+    predict_at = torch.zeros(N, C, dtype=torch.long)
+    for b, p in enumerate(prompt_lengths):
+        first = b * group_size
+        input_ids[b, :p] = torch.tensor(rows[first][P - p:P])
+        position_ids[b, :p] = torch.arange(p)
+        segment_ids[b, :p] = 0
+        start = p
+        for g in range(group_size):
+            n, length = first + g, completion_lengths[first + g]
+            input_ids[b, start:start + length] = torch.tensor(rows[n][P:P + length])
+            position_ids[b, start:start + length] = torch.arange(p, p + length)
+            segment_ids[b, start:start + length] = g + 1
+            prefix_ids[b, start:start + length] = 0
+            if length:
+                predict_at[n, 0] = b * W + p - 1
+                predict_at[n, 1:length] = b * W + torch.arange(start, start + length - 1)
+            start += length
+    return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
+            "attention_mask": block_causal_mask(segment_ids, prefix_ids).to(device), "predict_at": predict_at.to(device)}

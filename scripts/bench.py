@@ -21,6 +21,9 @@ Measures, for one preset/shape, device, dtype and thread count:
   loss head   (--loss_head) the LM head + cross entropy forward + backward at 4,096 labelled positions: the logits
               path (vocab-wide logits, then the loss) vs the training stages' fused, chunked head and loss
               (trainer/losses.py linear_cross_entropy), in fp32 and under bf16 autocast
+  rollout loss (--rollout_loss) GRPO's loss on one rollout batch shaped like the agent stage's (4 prompts of a
+              tools block, ~450 tokens, G replies of 40-140 tokens): policy forward + backward and the reference
+              forward, the G padded rows vs each prompt once with its replies as branches (GRPO.model_inputs)
   server      (--server) the OpenAI-compatible server (scripts/serve_openai_api.py's, a random model of each
               preset): new tokens/s of 1, 4 and 16 streaming clients at once against the same requests sent one
               after another, in the same run; the server decodes concurrent requests in one batch
@@ -41,6 +44,7 @@ Examples:
     python scripts/bench.py --grpo_memory --rollout_configs demo --rollout_groups 2,4,8 --skip peak,train,generation,packing
     python scripts/bench.py --attention --config demo   # attention in bf16 vs fp32, per row length
     python scripts/bench.py --loss_head --config demo   # LM head + loss: logits path vs fused
+    python scripts/bench.py --rollout_loss --config demo   # GRPO loss: padded rows vs a shared prompt
     python scripts/bench.py --server demo,small   # server throughput, concurrent vs sequential clients
     python scripts/bench.py --agent_memory        # agentic RL: peak step memory against --max_tool_turns 1/2/4
 """
@@ -139,6 +143,10 @@ def parse_args(argv=None):
                    help="only time the LM head + cross entropy forward + backward at 4,096 labelled positions "
                         "(the --config preset's width and vocab): logits path vs the fused, chunked one, fp32 and "
                         "bf16 autocast (median of --steps)")
+    p.add_argument("--rollout_loss", action="store_true",
+                   help="only time GRPO's loss (policy forward + backward, reference forward) on an agent-shaped "
+                        "rollout (4 prompts of ~450 tokens, --rollout_groups G replies of 40-140 tokens): padded rows "
+                        "vs one row per prompt with its replies as branches (median of --steps)")
     p.add_argument("--server", nargs="?", const="demo", default=None, metavar="PRESETS",
                    help="only measure the HTTP server: comma-separated presets (default demo), each a random model "
                         "served on a free port; --server_clients streaming clients at once vs the same requests one "
@@ -963,6 +971,68 @@ def bench_loss_head(args, cfg, device):
     return {"positions": N, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "loss_head": rows}
 
 
+def bench_rollout_loss(args, cfg, device, dtype_name: str):
+    """ms of GRPO's loss passes on one rollout: the G rows per prompt padded (P + C positions each) against one
+    row per prompt holding its replies as branches (trainer/stages.py GRPO.model_inputs), interleaved runs."""
+    from model import MiniMindForCausalLM
+    from trainer import losses
+    from trainer.stages import GRPO
+
+    torch.manual_seed(args.seed)
+    policy = MiniMindForCausalLM(cfg).to(device).train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    rng = random.Random(args.seed)
+    prompts = [rng.randint(16, 24) for _ in range(2)] if args.quick else [430, 450, 470, 520]
+    rows = []
+    for G in args.rollout_groups:
+        lengths = [rng.randint(4, 8) if args.quick else rng.randint(40, 140) for _ in range(len(prompts) * G)]
+        P, C, N = max(prompts), max(lengths), len(lengths)
+        sequences = torch.randint(3, cfg.vocab_size, (N, P + C))
+        prompt_mask = torch.zeros(N, P, dtype=torch.long)
+        attention = torch.zeros(N, C, dtype=torch.bool)
+        for n, length in enumerate(lengths):
+            p = prompts[n // G]
+            sequences[n, P - p:P] = sequences[(n // G) * G, P - p:P]  # a group's rows share their prompt
+            prompt_mask[n, P - p:] = 1
+            attention[n, :length] = True
+        batch = {"sequences": sequences.to(device), "prompt_mask": prompt_mask.to(device),
+                 "completion_attention": attention.to(device)}
+        targets = batch["sequences"][:, P:].masked_fill(~batch["completion_attention"], losses.IGNORE)
+        layouts = {"padded": GRPO.model_inputs(batch, 1), "shared": GRPO.model_inputs(batch, G)}
+
+        def step(layout):
+            inputs = layouts[layout]
+            with torch.autocast(device.type, dtype=DTYPES[dtype_name], enabled=dtype_name != "float32"):
+                with torch.no_grad():
+                    reference(**inputs)
+                logits = policy(**inputs).logits
+                losses.token_cross_entropy(logits, targets.flatten()).sum().backward()
+            policy.zero_grad(set_to_none=True)
+
+        ms = interleaved_ms(step, list(layouts), args.steps, device)
+        positions = {k: v["input_ids"].numel() for k, v in layouts.items()}
+        rows.append({"G": G, "padded_ms": ms["padded"], "shared_ms": ms["shared"],
+                     "padded_positions": positions["padded"], "shared_positions": positions["shared"]})
+        log(f"rollout loss G={G}: padded {ms['padded']:.1f} ms ({positions['padded']} positions), "
+            f"shared {ms['shared']:.1f} ms ({positions['shared']})")
+    return {"prompts": prompts, "replies": [4, 8] if args.quick else [40, 140], "dtype": dtype_name,
+            "rollout_loss": rows}
+
+
+def print_rollout_loss(r):
+    c = r["config"]
+    print(f"GRPO loss on one rollout ({c['preset']}, {r['dtype']}, {len(r['prompts'])} prompts of "
+          f"{min(r['prompts'])}-{max(r['prompts'])} tokens, G replies of {r['replies'][0]}-{r['replies'][1]}): policy "
+          f"forward + backward and "
+          f"reference forward, {c['device_name']}, {c['threads']} threads; ms = median of {c['steps']}")
+    print(f"{'G':>3} {'padded ms':>10} {'positions':>9} {'shared ms':>10} {'positions':>9} {'shared/padded':>13}")
+    for row in r["rollout_loss"]:
+        print(f"{row['G']:>3} {row['padded_ms']:>10.1f} {row['padded_positions']:>9} {row['shared_ms']:>10.1f} "
+              f"{row['shared_positions']:>9} {row['shared_ms'] / row['padded_ms']:>12.2f}x")
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+
+
 def print_loss_head(r):
     c = r["config"]
     print(f"LM head + cross entropy forward + backward, {r['positions']} positions x {r['hidden_size']} -> vocab "
@@ -1164,6 +1234,10 @@ def main(argv=None):
                            "the times are noisy; each ratio compares runs interleaved in time")
     if args.loss_head:
         return single_part(bench_loss_head(args, cfg, device), print_loss_head,
+                           "the times are noisy; each ratio compares runs interleaved in time")
+    if args.rollout_loss:
+        dtype_name = args.dtype if args.dtype in DTYPES else ("bfloat16" if has_bf16 else "float32")
+        return single_part(bench_rollout_loss(args, cfg, device, dtype_name), print_rollout_loss,
                            "the times are noisy; each ratio compares runs interleaved in time")
     if args.loss_curve is not None:
         if not has_bf16:

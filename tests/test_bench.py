@@ -106,3 +106,14 @@ def test_bench_loss_head_times_the_logits_and_the_fused_paths():
     assert result["positions"] == 256 and result["vocab_size"] == 6400
     assert [row["dtype"] for row in result["loss_head"]] == ["float32", "bfloat16"]
     assert all(row["logits_ms"] > 0 and row["fused_ms"] > 0 for row in result["loss_head"])
+
+
+def test_bench_rollout_loss_times_padded_rows_against_a_shared_prompt():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rollout_loss", "--quick", "--json", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    (row,) = result["rollout_loss"]
+    assert row["G"] == 2 and row["padded_ms"] > 0 and row["shared_ms"] > 0
+    # one row per prompt instead of G: the prompt's positions are counted once
+    assert row["shared_positions"] < row["padded_positions"]

@@ -155,3 +155,47 @@ def test_resume_with_shared_prefixes_equals_the_uninterrupted_run(tmp_path, tok,
     assert f"(step {InterruptedSFT.stop_at})" in capsys.readouterr().err
     full, resumed = (load_file(str(tmp_path / out / "full_sft_64" / "model.safetensors")) for out in ("full", "resumed"))
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def rollout_batch(prompt_lengths, completion_lengths, G, P, C, vocab=500, seed=0):
+    """GRPO's layout by hand: each prompt left-padded to P and repeated for its G rows, completions right-padded."""
+    gen = torch.Generator().manual_seed(seed)
+    N = len(prompt_lengths) * G
+    sequences = torch.zeros(N, P + C, dtype=torch.long)
+    prompt_mask = torch.zeros(N, P, dtype=torch.long)
+    attention = torch.zeros(N, C, dtype=torch.bool)
+    for b, p in enumerate(prompt_lengths):
+        prompt = torch.randint(3, vocab, (p,), generator=gen)
+        for g in range(G):
+            n, length = b * G + g, completion_lengths[b * G + g]
+            sequences[n, P - p:P] = prompt
+            sequences[n, P:P + length] = torch.randint(3, vocab, (length,), generator=gen)
+            prompt_mask[n, P - p:] = 1
+            attention[n, :length] = True
+    return {"sequences": sequences, "prompt_mask": prompt_mask, "completion_attention": attention}
+
+
+def test_grpo_runs_each_prompt_once_with_the_same_log_probs():
+    """GRPO.model_inputs: long prompts and short completions (a tools block and a reply) run as one row per prompt
+    with the completions as branches; every completion token's log-prob equals the padded rows' (group_size 1 keeps
+    that layout), and short prompts with long completions keep the padded rows."""
+    from trainer.stages import GRPO
+
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(dropout=0.0)).eval()
+    G, P, C = 3, 40, 6
+    batch = rollout_batch([40, 25], [6, 1, 4, 3, 6, 2], G, P, C)
+    targets = batch["sequences"][:, P:]
+
+    def logprobs(inputs):
+        logits = model(**inputs).logits
+        return -losses.token_cross_entropy(logits, targets.flatten()).view_as(targets)
+
+    shared, padded = GRPO.model_inputs(batch, G), GRPO.model_inputs(batch, 1)
+    assert shared["input_ids"].shape == (2, 40 + 6 + 1 + 4) and padded["input_ids"].shape == (6, P + C)
+    real = batch["completion_attention"]
+    torch.testing.assert_close(logprobs(shared)[real], logprobs(padded)[real], rtol=1e-5, atol=1e-5)
+    assert logprobs(shared)[real].abs().min() > 0  # the head ran at every completion position
+
+    long_replies = rollout_batch([5, 4], [30] * 6, G, 5, 30)
+    assert GRPO.model_inputs(long_replies, G)["input_ids"].shape == (6, 35)  # sharing would attend over more

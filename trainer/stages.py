@@ -14,6 +14,7 @@ from inference.checkpoints import checkpoint_name
 from inference.generation import end_token_ids, template_opens_thinking
 from inference.reasoning import TAGS as REASON_TAGS, reply_in_turn
 from .modelio import StageError, check_vocab, load_model, resolve_weights
+from dataset.sharing import prompt_branches
 
 
 def unwrap(model):
@@ -523,21 +524,49 @@ class GRPO(Stage):
             r.update(advantages=adv, items_per_token=items_per_token)
         return out
 
+    @staticmethod
+    def model_inputs(batch, group_size: int) -> dict:
+        """The forward inputs of a rollout, with `logits_positions` at the N·C positions that predict the completion
+        tokens (the head runs only there). A group's rows share one prompt: when running each prompt once with its
+        completions as branches (dataset/sharing.py) computes fewer positions and no more attention than the padded
+        rows do (long prompts, e.g. a tools block, and short replies), that layout is used; the log-probs are the
+        same either way."""
+        sequences, prompt_mask, completion = batch["sequences"], batch["prompt_mask"], batch["completion_attention"]
+        (N, P), C = prompt_mask.shape, completion.shape[1]
+        if group_size > 1:
+            prompt_lengths = prompt_mask[::group_size].sum(dim=1).tolist()
+            lengths = completion.sum(dim=1).tolist()
+            width = max(p + sum(lengths[b * group_size:(b + 1) * group_size]) for b, p in enumerate(prompt_lengths))
+            B = N // group_size
+            if B * width <= N * (P + C) and B * width ** 2 <= N * (P + C) ** 2:
+                shared = prompt_branches(sequences, prompt_mask, completion, group_size)
+                predict_at = shared.pop("predict_at")
+                return dict(shared, use_cache=False, logits_positions=predict_at.flatten())
+        attention_mask = torch.cat([prompt_mask, completion.long()], dim=1)
+        predict_at = (torch.arange(N, device=sequences.device)[:, None] * (P + C) + P - 1
+                      + torch.arange(C, device=sequences.device)[None, :])
+        return dict(input_ids=sequences, attention_mask=attention_mask, use_cache=False,
+                    position_ids=(attention_mask.cumsum(dim=1) - 1).clamp(min=0), logits_positions=predict_at.flatten())
+
     def loss(self, model, batch, args):
         sequences, prompt_mask, loss_mask = batch["sequences"], batch["prompt_mask"], batch["loss_mask"]
         P = prompt_mask.shape[1]
-        attention_mask = torch.cat([prompt_mask, batch["completion_attention"].long()], dim=1)
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        inputs = dict(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        targets = sequences[:, P:].masked_fill(~loss_mask, losses.IGNORE)
-        logprobs = -losses.token_cross_entropy(model(**inputs).logits[:, P - 1:-1], targets)
         saved = batch["saved"]
+        if "inputs" not in saved:  # built once per rollout; later passes (--num_iterations) reuse them
+            saved["inputs"] = self.model_inputs(batch, args.num_generations)
+        inputs = saved["inputs"]
+        targets = sequences[:, P:].masked_fill(~loss_mask, losses.IGNORE)
+
+        def completion_logprobs(m):  # (N, C)
+            return -losses.token_cross_entropy(m(**inputs).logits, targets.flatten()).view_as(targets)
+
+        logprobs = completion_logprobs(model)
         if "old" not in saved:
             # the first pass over this rollout: the policy is still the one that sampled it, so its log-probs are
             # the old ones every later pass (--num_iterations) compares against
             saved["old"] = logprobs.detach()
             with torch.no_grad():
-                saved["reference"] = -losses.token_cross_entropy(self.reference(**inputs).logits[:, P - 1:-1], targets)
+                saved["reference"] = completion_logprobs(self.reference)
         weights = losses.grpo_token_weights(loss_mask, args.loss_type, self.completion_limit(args),
                                             batch["items_per_token"])
         loss, kl, clipped = losses.grpo_loss(logprobs, saved["old"], saved["reference"], batch["advantages"],

@@ -1345,7 +1345,7 @@ def bench_agent_memory(args, device, turns_list=(1, 2, 4), tasks=4, group=8, rep
                                mask_truncated_completions=False, sampler="engine", dtype="float32")
     stage = Agent()
     stage.setup(settings, model, tokenizer, None)
-    stage.generator = lambda model, args, generator: always_calls
+    stage.reply_sampler = lambda model, args, generator: always_calls  # scripted replies instead of sampling
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     info = DistInfo(device=device)
 

@@ -65,7 +65,7 @@ def stage_commands(args, data: dict, lora_name: str) -> list[tuple[str, object, 
                         "--mix_data", data["sft"], "--mix_ratio", "0.5", *quick]),
         ("dpo", DPO_STAGE, ["--data_path", data["dpo"], "--epochs", "2", "--learning_rate", "1e-4",
                             "--batch_size", "16", "--beta", "0.1", *quick]),
-        ("reason", REASON, ["--data_path", data.get("reason_tools", data["reason"]), "--epochs", "6",
+        ("reason", REASON, ["--data_path", data.get("reason_tools", data["reason"]), "--epochs", "5",
                             "--learning_rate", "2e-3", "--tag_weight", "10", *reason_rows(data), *quick]),
     ] + ([("agent", AGENT_STAGE, agent_command(data["agent"], steps))] if "agent" in data and steps else [])
 
@@ -85,8 +85,8 @@ def agent_command(tasks, steps: int = AGENT_STEPS) -> list[str]:
 def reason_rows(data: dict) -> list[str]:
     """The demo corpus's reasoning mix also holds tool-use conversations (tools block, calls, results: 540 tokens on
     average, up to 730), longer than the demo model's 128-token rows: that stage then packs into rows of 768. The
-    conversations offered the same tools share that block (--share_prefixes: 368 rows an epoch instead of 505), and
-    4 rows a step keep about the optimizer steps that 6 unshared rows gave (552 against 510)."""
+    conversations offered the same tools share that block (--share_prefixes: 368 rows an epoch instead of 505), 4 rows
+    a step (92 steps an epoch, as many as 6 unshared rows gave); README "What the demo does" has the variants measured."""
     return ["--max_seq_len", "768", "--batch_size", "4", "--share_prefixes"] if "reason_tools" in data \
         else ["--batch_size", "32"]
 

@@ -70,14 +70,14 @@ class PackedBatchCollator:
 def block_causal_mask(segment_ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
     """[B, 1, T, T] bool: query q may attend key k iff k <= q and both are in the same sample, or k is in the
     prefix that q's sample continues (`prefix_ids`: that prefix's segment for each branch position, else -2)."""
-    width = segment_ids.shape[1]
+    width, device = segment_ids.shape[1], segment_ids.device
     same_sample = segment_ids[:, :, None] == segment_ids[:, None, :]
     if prefix_ids is not None:
         same_sample |= prefix_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     real_query = (segment_ids >= 0)[:, :, None]
     # Padding queries see only themselves: a row with no allowed key would softmax to NaN.
-    diagonal = torch.eye(width, dtype=torch.bool)
+    diagonal = torch.eye(width, dtype=torch.bool, device=device)
     return ((same_sample & causal & real_query) | diagonal).unsqueeze(1)
 
 

@@ -4,8 +4,11 @@ packed as that prefix once, followed by each conversation's remainder as a branc
 A branch attends to the prefix and causally to itself, never to another branch, and its positions continue from
 the prefix's length (dataset.collate builds that mask and those positions). So every branch sees exactly the
 context it has as a conversation of its own: its loss is the same, and so is the gradient, which sums over the
-branches what separate copies of the prefix would have received. Only loss-free positions are shared (a prefix
-never holds a label), so the labels trained on are unchanged; the positions computed are fewer.
+branches what separate copies of the prefix would have received (up to float rounding; without dropout, which
+draws one mask for the shared prefix; an MoE's balance loss counts the prefix's tokens once). Only loss-free positions
+are shared (a prefix never holds a label), so the labels trained on are unchanged; the positions computed are fewer.
+Grouping reads every sample's tokens into memory: this is for conversation files that fit it, not for corpora that
+need --streaming.
 
 MiniMind-3's tool data is the case this is for: a tools block is 300-600 tokens, a tool conversation's own part
 about 100.
@@ -53,7 +56,8 @@ def shared_prefix_groups(input_ids: list[list[int]], labels: list[list[int]], ma
             common = _common(input_ids[prev], input_ids[i], min(shared, lead))
             # the prefix shrinks to `common`: the earlier branches grow by what it gives up
             grown = common + (size - shared) + (shared - common) * len(members) + (length - common)
-            if common >= min_shared and grown <= max_seq_len:
+            # ... and only when the group still saves as much: n + 1 copies of `common` against n of `shared`
+            if common >= min_shared and grown <= max_seq_len and common * len(members) >= shared * (len(members) - 1):
                 members.append(i)
                 shared, size = common, grown
                 continue
@@ -105,6 +109,9 @@ def prompt_branches(sequences, prompt_mask, completion_attention, group_size: in
     prefix_ids = torch.full((B, W), -2, dtype=torch.long)
     predict_at = torch.zeros(N, C, dtype=torch.long)
     for b, p in enumerate(prompt_lengths):
+        if p == 0:
+            raise ValueError(f"prompt {b} of the rollout is empty: its first completion token has no position to be "
+                             "predicted from")
         first = b * group_size
         input_ids[b, :p] = torch.tensor(rows[first][P - p:P])
         position_ids[b, :p] = torch.arange(p)
@@ -120,5 +127,7 @@ def prompt_branches(sequences, prompt_mask, completion_attention, group_size: in
                 predict_at[n, 0] = b * W + p - 1
                 predict_at[n, 1:length] = b * W + torch.arange(start, start + length - 1)
             start += length
+    # the (B, W) ids travel to the device and the (B, 1, W, W) mask is built there
     return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
-            "attention_mask": block_causal_mask(segment_ids, prefix_ids).to(device), "predict_at": predict_at.to(device)}
+            "attention_mask": block_causal_mask(segment_ids.to(device), prefix_ids.to(device)),
+            "predict_at": predict_at.to(device)}

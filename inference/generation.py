@@ -206,10 +206,15 @@ def complete_prompts(model, tokenizer, texts, samples: int = 1, temperature: flo
     """`samples` completions of each prompt text (already rendered; prompt-major order), through the batched engine:
     up to `batch_size` completions decoded together, each prompt prefilled once for its samples, left-padded to the
     longest of its batch (so prompts of like lengths batch best). Temperature 0 is greedy: generate()'s text."""
-    from .engine import generate_batch
+    from .engine import can_drive, generate_batch
 
     if not texts:
         return []
+    if not can_drive(model):  # another layout (an export loaded by transformers): one generate() per completion
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return [generate(model, tokenizer, text, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p) for text in texts for _ in range(samples)]
     eos = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     if not (temperature > 0 and top_p > 0):

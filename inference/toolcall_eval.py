@@ -156,27 +156,29 @@ def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_
             bar.update(len(prompts))
         return texts
 
-    tool_records = [r for r in records if r["tools"]]
-    loops = [ToolLoop(tokenizer, r["messages"], task_toolbox(r), open_thinking=False, max_tool_calls=max_tool_calls)
-             for r in tool_records]
-    results = dict(zip(map(id, tool_records), run_tool_loops(loops, generate_many)))
-    # every single-reply prompt in one batch: the questions without tools, the thinking prompts switched on and off
-    single = []
-    for record in records:
-        if record["tools"] and record["answer"] and without_tools:
-            plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
-            single.append((id(record), "bare", render_prompt(tokenizer, plain, None, False)))
-        elif not record["tools"]:
-            single += [(id(record), "on", render_prompt(tokenizer, record["messages"], None, True)),
-                       (id(record), "off", render_prompt(tokenizer, record["messages"], None, False))]
-    replies = dict(zip([(key, which) for key, which, _ in single], generate_many([p for _, _, p in single])))
-    if bar is not None:
-        bar.close()
+    try:
+        with_tools = [i for i, r in enumerate(records) if r["tools"]]
+        loops = [ToolLoop(tokenizer, records[i]["messages"], task_toolbox(records[i]), open_thinking=False,
+                          max_tool_calls=max_tool_calls) for i in with_tools]
+        results = dict(zip(with_tools, run_tool_loops(loops, generate_many)))
+        # every single-reply prompt in one batch: the questions without tools, the thinking prompts switched on and off
+        single = []
+        for i, record in enumerate(records):
+            if record["tools"] and record["answer"] and without_tools:
+                plain = [m for m in record["messages"] if m.get("role") != "system" or (m.get("content") or "").strip()]
+                single.append((i, "bare", render_prompt(tokenizer, plain, None, False)))
+            elif not record["tools"]:
+                single += [(i, "on", render_prompt(tokenizer, record["messages"], None, True)),
+                           (i, "off", render_prompt(tokenizer, record["messages"], None, False))]
+        replies = dict(zip([(i, which) for i, which, _ in single], generate_many([p for _, _, p in single])))
+    finally:
+        if bar is not None:
+            bar.close()
     tasks = []
-    for record in records:
+    for i, record in enumerate(records):
         task = {"kind": record["kind"], "question": record["messages"][-1].get("content", "")}
         if record["tools"]:
-            loop = results[id(record)]
+            loop = results[i]
             first = parse_assistant(loop.texts[0], thinking=False)
             expected = record["expected_calls"]
             made = [call for call, _ in loop.calls]
@@ -187,12 +189,12 @@ def measure_tool_use(model, tokenizer, records, *, max_tool_calls: int = 4, max_
                 right_arguments=bool(first.tool_calls) and bool(expected) and calls_match(first.tool_calls[0], expected[0]),
                 right_calls=len(made) == len(expected) and all(calls_match(g, e) for g, e in zip(made, expected)),
                 answer_with_tools=answer_correct(loop.answer, record["answer"]) if record["answer"] else None)
-            if (id(record), "bare") in replies:
-                bare = replies[id(record), "bare"]
+            if (i, "bare") in replies:
+                bare = replies[i, "bare"]
                 task.update(answer_no_tools_reply=bare,
                             answer_without_tools=answer_correct(parse_assistant(bare).content, record["answer"]))
         else:
-            on, off = replies[id(record), "on"], replies[id(record), "off"]
+            on, off = replies[i, "on"], replies[i, "off"]
             on_reply, off_reply = parse_assistant(on, thinking=True), parse_assistant(off, thinking=False)
             task.update(thinking_on_reply=on, thinking_off_reply=off,
                         thinking_on=turn_is_well_formed(on, thinking=True),

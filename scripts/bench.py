@@ -972,8 +972,9 @@ def bench_loss_head(args, cfg, device):
 
 
 def bench_rollout_loss(args, cfg, device, dtype_name: str):
-    """ms of GRPO's loss passes on one rollout: the G rows per prompt padded (P + C positions each) against one
-    row per prompt holding its replies as branches (trainer/stages.py GRPO.model_inputs), interleaved runs."""
+    """ms of GRPO's loss passes on one rollout, building its inputs included: the G rows per prompt padded (P + C
+    positions each) against one row per prompt holding its replies as branches (trainer/stages.py
+    GRPO.model_inputs), interleaved runs."""
     from model import MiniMindForCausalLM
     from trainer import losses
     from trainer.stages import GRPO
@@ -998,10 +999,13 @@ def bench_rollout_loss(args, cfg, device, dtype_name: str):
         batch = {"sequences": sequences.to(device), "prompt_mask": prompt_mask.to(device),
                  "completion_attention": attention.to(device)}
         targets = batch["sequences"][:, P:].masked_fill(~batch["completion_attention"], losses.IGNORE)
-        layouts = {"padded": GRPO.model_inputs(batch, 1), "shared": GRPO.model_inputs(batch, G)}
+        groups = {"padded": 1, "shared": G}
+        layouts = {name: GRPO.model_inputs(batch, g) for name, g in groups.items()}
+        if layouts["shared"]["input_ids"].shape[0] != len(prompts):
+            raise SystemExit("error: GRPO.model_inputs kept the padded rows for this shape; nothing to compare")
 
         def step(layout):
-            inputs = layouts[layout]
+            inputs = GRPO.model_inputs(batch, groups[layout])  # building the layout is part of the cost
             with torch.autocast(device.type, dtype=DTYPES[dtype_name], enabled=dtype_name != "float32"):
                 with torch.no_grad():
                     reference(**inputs)
@@ -1345,6 +1349,7 @@ def bench_agent_memory(args, device, turns_list=(1, 2, 4), tasks=4, group=8, rep
                                mask_truncated_completions=False, sampler="engine", dtype="float32")
     stage = Agent()
     stage.setup(settings, model, tokenizer, None)
+    assert hasattr(stage, "reply_sampler"), "Agent's sampler hook was renamed: the scripted replies would not be used"
     stage.reply_sampler = lambda model, args, generator: always_calls  # scripted replies instead of sampling
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     info = DistInfo(device=device)

@@ -189,3 +189,25 @@ def test_batched_measure_equals_one_generation_at_a_time(tmp_path):
     assert batched["tasks"] == one_by_one["tasks"]
     firsts = [t.get("first_reply", t.get("thinking_on_reply")) for t in batched["tasks"]]
     assert len(set(firsts)) == len(firsts)  # replies told apart: a reply handed to the wrong task would show
+
+
+def test_an_export_the_engine_cannot_drive_is_measured_through_generate(tmp_path):
+    """A Llama export loaded by transformers has no MiniMind cache: the measure falls back to generate(), one prompt
+    at a time, and gives the same transcripts as the MiniMind model it came from."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import save_tiny
+    from inference.convert import export_llama
+    from inference.engine import can_drive
+    from model import MiniMindForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    folder = save_tiny(tmp_path / "tiny", tok, initializer_range=0.5)
+    ours = MiniMindForCausalLM.from_pretrained(folder).eval()
+    llama = AutoModelForCausalLM.from_pretrained(export_llama(folder, tmp_path / "llama")).eval()
+    assert can_drive(ours) and not can_drive(llama)
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in tool_heldout_lines(random.Random(6), 3, 1)) + "\n")
+    records = read_tool_file(path)
+    a, b = (measure_tool_use(m, tok, records, max_new_tokens=8) for m in (ours, llama))
+    assert a["tasks"] == b["tasks"]

@@ -11,7 +11,7 @@ from dataset import PackedBatchCollator, block_causal_mask, build_dataset
 from dataset.samples import IGNORE_INDEX
 from dataset.sharing import MIN_SHARED, group_entries, loss_free_lead, shared_prefix_groups
 from model import MiniMindForCausalLM
-from trainer import FULL_SFT, losses, run
+from trainer import FULL_SFT, PRETRAIN, losses, run
 from trainer.stages import FullSFT
 
 TOOLS = ("You may call these functions: calculate (evaluate an arithmetic expression), get_capital (the capital "
@@ -129,6 +129,10 @@ def test_the_flag_trains_and_refuses_what_it_cannot_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(FULL_SFT, [*common, "--share_prefixes", "--streaming"])
     assert exit_info.value.code != 0 and "sharing prefixes needs" in capsys.readouterr().err
+    text = write(tmp_path / "text.jsonl", [{"text": "plain text has no loss-free lead"}] * 4)
+    with pytest.raises(SystemExit) as exit_info:  # pretraining: nothing to share, so the flag is refused
+        run(PRETRAIN, [*common[2:], "--data_path", str(text), "--share_prefixes"])
+    assert exit_info.value.code != 0 and "for the conversation stages" in capsys.readouterr().err
 
 
 class InterruptedSFT(FullSFT):

@@ -42,7 +42,7 @@ from inference.tool_loop import render_prompt
 from inference.toolcall_eval import ToolFileError, parse_task, task_toolbox
 from .data import TrainData
 from .modelio import StageError
-from .stages import GRPO, unwrap
+from .stages import GRPO, refuse_share_prefixes, unwrap
 
 
 # ---------------------------------------------------------------- tasks
@@ -287,6 +287,7 @@ class Agent(GRPO):
                 action.help = "length limit of each reply (a trajectory holds one reply per round)"
 
     def build_data(self, args, tokenizer, info):
+        refuse_share_prefixes(args, False)
         dataset = AgentTasks(args.data_path, tokenizer, args.max_seq_len, args.open_thinking)
         return TrainData(dataset, AgentCollator(args.num_generations), args, streaming=False)
 

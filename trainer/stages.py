@@ -54,6 +54,7 @@ class Stage:
         return checkpoint_name(self.name, args.dim, args.use_moe)
 
     def build_data(self, args, tokenizer, info):
+        refuse_share_prefixes(args, self.data_kind == "sft")
         if not args.streaming and not Path(args.data_path).exists():
             raise StageError(f"data file {args.data_path} not found: pass --data_path, or create demo data with "
                              f"`python scripts/make_demo_data.py`")
@@ -119,6 +120,14 @@ class Stage:
 
     def save(self, model, tokenizer, args, out: Path) -> Path:
         return save_final(unwrap(model), tokenizer, out)
+
+
+def refuse_share_prefixes(args, conversations: bool):
+    """--share_prefixes packs conversation files (pretraining text has no loss-free lead to share; GRPO and the agent
+    stage share each prompt in their loss by themselves): elsewhere it would do nothing, so it is refused."""
+    if getattr(args, "share_prefixes", False) and not conversations:
+        raise StageError("--share_prefixes is for the conversation stages (SFT, LoRA, reasoning): this stage's data "
+                         "has no shared loss-free prefix to pack")
 
 
 class Pretrain(Stage):
@@ -375,6 +384,7 @@ class GRPO(Stage):
     def build_data(self, args, tokenizer, info):
         from dataset import PromptCollator, PromptSet
 
+        refuse_share_prefixes(args, False)
         if not Path(args.data_path).exists():
             raise StageError(f"data file {args.data_path} not found: pass --data_path (conversation jsonl)")
         # prompts open the <think> block (the thinking switch) where the template has one: this stage trains reasoning

@@ -1026,9 +1026,9 @@ def bench_rollout_loss(args, cfg, device, dtype_name: str):
 def print_rollout_loss(r):
     c = r["config"]
     print(f"GRPO loss on one rollout ({c['preset']}, {r['dtype']}, {len(r['prompts'])} prompts of "
-          f"{min(r['prompts'])}-{max(r['prompts'])} tokens, G replies of {r['replies'][0]}-{r['replies'][1]}): policy "
-          f"forward + backward and "
-          f"reference forward, {c['device_name']}, {c['threads']} threads; ms = median of {c['steps']}")
+          f"{min(r['prompts'])}-{max(r['prompts'])} tokens, G replies of {r['replies'][0]}-{r['replies'][1]}): inputs, "
+          f"policy forward + backward and reference forward, {c['device_name']}, {c['threads']} threads; "
+          f"ms = median of {c['steps']}")
     print(f"{'G':>3} {'padded ms':>10} {'positions':>9} {'shared ms':>10} {'positions':>9} {'shared/padded':>13}")
     for row in r["rollout_loss"]:
         print(f"{row['G']:>3} {row['padded_ms']:>10.1f} {row['padded_positions']:>9} {row['shared_ms']:>10.1f} "

@@ -85,11 +85,23 @@ def positions_saved(sizes: list[int], lengths) -> int:
     return int(sum(lengths)) - sum(sizes)
 
 
-def prompt_branches(sequences, prompt_mask, completion_attention, group_size: int) -> dict:
+def branch_rows(prompt_lengths: list[int], completion_lengths: list[int], group_size: int, per_row: int):
+    """[(prompt index, its rollout rows in this row, the row's width)]: each prompt's completions, `per_row` to a row,
+    each row holding the prompt once."""
+    rows = []
+    for b, p in enumerate(prompt_lengths):
+        members = range(b * group_size, (b + 1) * group_size)
+        for i in range(0, group_size, per_row):
+            chunk = list(members[i:i + per_row])
+            rows.append((b, chunk, p + sum(completion_lengths[n] for n in chunk)))
+    return rows
+
+
+def prompt_branches(sequences, prompt_mask, completion_attention, group_size: int, per_row: int | None = None) -> dict:
     """A rollout batch (GRPO's layout: N = prompts × group_size rows of a left-padded prompt (P) and a right-padded
-    completion (C), the group's rows sharing one prompt) as one row per prompt: the prompt once, then each of its
-    completions as a branch. Returns the model inputs (input_ids, position_ids, attention_mask: (B, W) and a
-    (B, 1, W, W) bool mask) and `predict_at` (N, C): the flat position (b * W + t) whose logits predict each
+    completion (C), the group's rows sharing one prompt) as rows that hold a prompt once, then `per_row` (default: all)
+    of its completions as branches. Returns the model inputs (input_ids, position_ids, attention_mask: (R, W) and a
+    (R, 1, W, W) bool mask) and `predict_at` (N, C): the flat position (r * W + t) whose logits predict each
     completion token (the prompt's last position for the first; a padding token points at position 0)."""
     import torch
 
@@ -97,37 +109,37 @@ def prompt_branches(sequences, prompt_mask, completion_attention, group_size: in
 
     device = sequences.device
     N, P = prompt_mask.shape
-    B, C = N // group_size, completion_attention.shape[1]
+    C = completion_attention.shape[1]
     prompt_lengths = prompt_mask[::group_size].sum(dim=1).tolist()
     completion_lengths = completion_attention.sum(dim=1).tolist()
-    widths = [p + sum(completion_lengths[b * group_size:(b + 1) * group_size]) for b, p in enumerate(prompt_lengths)]
-    W = max(widths)
+    layout = branch_rows(prompt_lengths, completion_lengths, group_size, per_row or group_size)
+    R, W = len(layout), max(width for _, _, width in layout)
     rows = sequences.tolist()
-    input_ids = torch.zeros(B, W, dtype=torch.long)
-    position_ids = torch.zeros(B, W, dtype=torch.long)
-    segment_ids = torch.full((B, W), -1, dtype=torch.long)
-    prefix_ids = torch.full((B, W), -2, dtype=torch.long)
+    input_ids = torch.zeros(R, W, dtype=torch.long)
+    position_ids = torch.zeros(R, W, dtype=torch.long)
+    segment_ids = torch.full((R, W), -1, dtype=torch.long)
+    prefix_ids = torch.full((R, W), -2, dtype=torch.long)
     predict_at = torch.zeros(N, C, dtype=torch.long)
-    for b, p in enumerate(prompt_lengths):
+    for r, (b, members, _) in enumerate(layout):
+        p = prompt_lengths[b]
         if p == 0:
             raise ValueError(f"prompt {b} of the rollout is empty: its first completion token has no position to be "
                              "predicted from")
-        first = b * group_size
-        input_ids[b, :p] = torch.tensor(rows[first][P - p:P])
-        position_ids[b, :p] = torch.arange(p)
-        segment_ids[b, :p] = 0
+        input_ids[r, :p] = torch.tensor(rows[members[0]][P - p:P])
+        position_ids[r, :p] = torch.arange(p)
+        segment_ids[r, :p] = 0
         start = p
-        for g in range(group_size):
-            n, length = first + g, completion_lengths[first + g]
-            input_ids[b, start:start + length] = torch.tensor(rows[n][P:P + length])
-            position_ids[b, start:start + length] = torch.arange(p, p + length)
-            segment_ids[b, start:start + length] = g + 1
-            prefix_ids[b, start:start + length] = 0
+        for k, n in enumerate(members):
+            length = completion_lengths[n]
+            input_ids[r, start:start + length] = torch.tensor(rows[n][P:P + length])
+            position_ids[r, start:start + length] = torch.arange(p, p + length)
+            segment_ids[r, start:start + length] = k + 1
+            prefix_ids[r, start:start + length] = 0
             if length:
-                predict_at[n, 0] = b * W + p - 1
-                predict_at[n, 1:length] = b * W + torch.arange(start, start + length - 1)
+                predict_at[n, 0] = r * W + p - 1
+                predict_at[n, 1:length] = r * W + torch.arange(start, start + length - 1)
             start += length
-    # the (B, W) ids travel to the device and the (B, 1, W, W) mask is built there
+    # the (R, W) ids travel to the device and the (R, 1, W, W) mask is built there
     return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
             "attention_mask": block_causal_mask(segment_ids.to(device), prefix_ids.to(device)),
             "predict_at": predict_at.to(device)}

@@ -203,3 +203,12 @@ def test_grpo_runs_each_prompt_once_with_the_same_log_probs():
 
     long_replies = rollout_batch([5, 4], [30] * 6, G, 5, 30)
     assert GRPO.model_inputs(long_replies, G)["input_ids"].shape == (6, 35)  # sharing would attend over more
+
+    # replies too long for all G in one row, short enough for two: 2 rows per prompt, same log-probs
+    G, P, C = 4, 60, 32
+    batch = rollout_batch([60, 55], [32] * 8, G, P, C, seed=1)
+    targets = batch["sequences"][:, P:]
+    shared, padded = GRPO.model_inputs(batch, G), GRPO.model_inputs(batch, 1)
+    assert shared["input_ids"].shape[0] == 4  # 2 prompts x 2 rows of 2 replies
+    real = batch["completion_attention"]
+    torch.testing.assert_close(logprobs(shared)[real], logprobs(padded)[real], rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ from inference.checkpoints import checkpoint_name
 from inference.generation import end_token_ids, template_opens_thinking
 from inference.reasoning import TAGS as REASON_TAGS, reply_in_turn
 from .modelio import StageError, check_vocab, load_model, resolve_weights
-from dataset.sharing import prompt_branches
+from dataset.sharing import branch_rows, prompt_branches
 
 
 def unwrap(model):
@@ -537,21 +537,22 @@ class GRPO(Stage):
     @staticmethod
     def model_inputs(batch, group_size: int) -> dict:
         """The forward inputs of a rollout, with `logits_positions` at the N·C positions that predict the completion
-        tokens (the head runs only there). A group's rows share one prompt: when running each prompt once with its
-        completions as branches (dataset/sharing.py) computes fewer positions and no more attention than the padded
-        rows do (long prompts, e.g. a tools block, and short replies), that layout is used; the log-probs are the
-        same either way."""
+        tokens (the head runs only there). A group's rows share one prompt: rows that hold a prompt once with several
+        of its completions as branches (dataset/sharing.py) are used when they compute fewer positions and no more
+        attention than the padded rows do (long prompts, e.g. a tools block, and short replies), with as many
+        completions to a row as that allows; the log-probs are the same either way (up to float rounding)."""
         sequences, prompt_mask, completion = batch["sequences"], batch["prompt_mask"], batch["completion_attention"]
         (N, P), C = prompt_mask.shape, completion.shape[1]
         if group_size > 1:
             prompt_lengths = prompt_mask[::group_size].sum(dim=1).tolist()
             lengths = completion.sum(dim=1).tolist()
-            width = max(p + sum(lengths[b * group_size:(b + 1) * group_size]) for b, p in enumerate(prompt_lengths))
-            B = N // group_size
-            if B * width <= N * (P + C) and B * width ** 2 <= N * (P + C) ** 2:
-                shared = prompt_branches(sequences, prompt_mask, completion, group_size)
-                predict_at = shared.pop("predict_at")
-                return dict(shared, use_cache=False, logits_positions=predict_at.flatten())
+            for per_row in range(group_size, 1, -1):
+                layout = branch_rows(prompt_lengths, lengths, group_size, per_row)
+                rows, width = len(layout), max(w for _, _, w in layout)
+                if rows * width <= N * (P + C) and rows * width ** 2 <= N * (P + C) ** 2:
+                    shared = prompt_branches(sequences, prompt_mask, completion, group_size, per_row)
+                    predict_at = shared.pop("predict_at")
+                    return dict(shared, use_cache=False, logits_positions=predict_at.flatten())
         attention_mask = torch.cat([prompt_mask, completion.long()], dim=1)
         predict_at = (torch.arange(N, device=sequences.device)[:, None] * (P + C) + P - 1
                       + torch.arange(C, device=sequences.device)[None, :])

@@ -81,10 +81,6 @@ def group_entries(groups, lengths) -> tuple[list[list[tuple[int, int, int]]], li
     return entries, sizes
 
 
-def positions_saved(sizes: list[int], lengths) -> int:
-    return int(sum(lengths)) - sum(sizes)
-
-
 def branch_rows(prompt_lengths: list[int], completion_lengths: list[int], group_size: int, per_row: int):
     """[(prompt index, its rollout rows in this row, the row's width)]: each prompt's completions, `per_row` to a row,
     each row holding the prompt once."""
@@ -97,10 +93,11 @@ def branch_rows(prompt_lengths: list[int], completion_lengths: list[int], group_
     return rows
 
 
-def prompt_branches(sequences, prompt_mask, completion_attention, group_size: int, per_row: int | None = None) -> dict:
+def prompt_branches(sequences, prompt_mask, prompt_lengths: list[int], completion_lengths: list[int],
+                    layout) -> dict:
     """A rollout batch (GRPO's layout: N = prompts × group_size rows of a left-padded prompt (P) and a right-padded
-    completion (C), the group's rows sharing one prompt) as rows that hold a prompt once, then `per_row` (default: all)
-    of its completions as branches. Returns the model inputs (input_ids, position_ids, attention_mask: (R, W) and a
+    completion (C), the group's rows sharing one prompt; each completion's real tokens first) laid out in rows that
+    hold a prompt once, then some of its completions as branches (`layout`: branch_rows' for these lengths). Returns the model inputs (input_ids, position_ids, attention_mask: (R, W) and a
     (R, 1, W, W) bool mask) and `predict_at` (N, C): the flat position (r * W + t) whose logits predict each
     completion token (the prompt's last position for the first; a padding token points at position 0)."""
     import torch
@@ -109,10 +106,7 @@ def prompt_branches(sequences, prompt_mask, completion_attention, group_size: in
 
     device = sequences.device
     N, P = prompt_mask.shape
-    C = completion_attention.shape[1]
-    prompt_lengths = prompt_mask[::group_size].sum(dim=1).tolist()
-    completion_lengths = completion_attention.sum(dim=1).tolist()
-    layout = branch_rows(prompt_lengths, completion_lengths, group_size, per_row or group_size)
+    C = sequences.shape[1] - P
     R, W = len(layout), max(width for _, _, width in layout)
     rows = sequences.tolist()
     input_ids = torch.zeros(R, W, dtype=torch.long)

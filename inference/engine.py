@@ -111,17 +111,6 @@ def next_tokens(logits, temperature: float = 0.0, top_p: float = 1.0, top_k: int
     return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
 
 
-def can_drive(model) -> bool:
-    """Whether this engine can decode with `model`: a MiniMind model (compiled or under a PEFT wrapper), whose layers
-    fill the engine's StaticCache. A model of another layout loaded through transformers (a Llama or Qwen3 export)
-    calls its cache differently, and callers fall back to generate()."""
-    from model import MiniMindForCausalLM
-
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return isinstance(base, MiniMindForCausalLM)
-
-
 def _forward(model, input_ids, mask, positions, cache):
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)

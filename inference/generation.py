@@ -206,11 +206,12 @@ def complete_prompts(model, tokenizer, texts, samples: int = 1, temperature: flo
     """`samples` completions of each prompt text (already rendered; prompt-major order), through the batched engine:
     up to `batch_size` completions decoded together, each prompt prefilled once for its samples, left-padded to the
     longest of its batch (so prompts of like lengths batch best). Temperature 0 is greedy: generate()'s text."""
-    from .engine import can_drive, generate_batch
+    from model import is_minimind
+    from .engine import generate_batch
 
     if not texts:
         return []
-    if not can_drive(model):  # another layout (an export loaded by transformers): one generate() per completion
+    if not is_minimind(model):  # the engine fills MiniMind's cache only; an export gets one generate() per completion
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
             return [generate(model, tokenizer, text, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -198,14 +198,13 @@ def test_an_export_the_engine_cannot_drive_is_measured_through_generate(tmp_path
 
     from conftest import save_tiny
     from inference.convert import export_llama
-    from inference.engine import can_drive
-    from model import MiniMindForCausalLM
+    from model import MiniMindForCausalLM, is_minimind
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     folder = save_tiny(tmp_path / "tiny", tok, initializer_range=0.5)
     ours = MiniMindForCausalLM.from_pretrained(folder).eval()
     llama = AutoModelForCausalLM.from_pretrained(export_llama(folder, tmp_path / "llama")).eval()
-    assert can_drive(ours) and not can_drive(llama)
+    assert is_minimind(ours) and not is_minimind(llama)
     path = tmp_path / "tools.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in tool_heldout_lines(random.Random(6), 3, 1)) + "\n")
     records = read_tool_file(path)

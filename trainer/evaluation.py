@@ -11,7 +11,6 @@ text is what the loss-bearing tokens decode to: data text, including added non-s
 counts its UTF-8 bytes; the tokenizer's special (control) tokens, e.g. end-of-text or end-of-turn, count 0 bytes
 although their NLL is in the total. For pretraining text that is exactly the UTF-8 size of the text.
 """
-import inspect
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from dataset import DPOCollator, PackedBatchCollator, build_dataset
 from dataset.jsonl import KINDS, json_lines
+from model import is_minimind
 from . import losses
 
 
@@ -101,8 +101,7 @@ def _logits_at_labels(model, batch):
     mask, keep = batch["attention_mask"], batch["loss_positions"].to(device)
     inputs = dict(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                   attention_mask=None if mask is None else mask.to(device), use_cache=False)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it through
-    if "logits_positions" in inspect.signature(base.forward).parameters:
+    if is_minimind(model):
         return model(**inputs, logits_positions=keep).logits
     logits = model(**inputs).logits
     return logits.flatten(0, 1).index_select(0, keep)

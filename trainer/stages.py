@@ -550,7 +550,7 @@ class GRPO(Stage):
                 layout = branch_rows(prompt_lengths, lengths, group_size, per_row)
                 rows, width = len(layout), max(w for _, _, w in layout)
                 if rows * width <= N * (P + C) and rows * width ** 2 <= N * (P + C) ** 2:
-                    shared = prompt_branches(sequences, prompt_mask, completion, group_size, per_row)
+                    shared = prompt_branches(sequences, prompt_mask, prompt_lengths, lengths, layout)
                     predict_at = shared.pop("predict_at")
                     return dict(shared, use_cache=False, logits_positions=predict_at.flatten())
         attention_mask = torch.cat([prompt_mask, completion.long()], dim=1)
